@@ -1,0 +1,174 @@
+"""A small typed client for the RabbitMQ management HTTP API, scoped to one vhost.
+
+Only what the course needs: overview, queues, exchanges, bindings, connections, vhosts, users,
+permissions and message peeking. Every call has a timeout; errors become pt-BR CourseErrors.
+"""
+from __future__ import annotations
+
+import base64
+from typing import Any, Iterable
+from urllib.parse import quote
+
+import requests
+
+from .errors import BrokerAuthError, CourseError
+
+
+class ManagementError(CourseError):
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def _q(name: str) -> str:
+    return quote(name, safe="")
+
+
+class Management:
+    """HTTP client for the management API. `vhost` is the default vhost of the per-vhost calls."""
+
+    def __init__(self, base_url: str, username: str, password: str, vhost: str = "/",
+                 timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.username = username
+        self.vhost = vhost
+        self.timeout = timeout
+        self._session = requests.Session()
+        self._session.auth = (username, password)
+        self._session.headers["content-type"] = "application/json"
+
+    def __repr__(self) -> str:
+        return f"Management({self.base_url!r}, user={self.username!r}, vhost={self.vhost!r})"
+
+    def for_vhost(self, vhost: str) -> "Management":
+        other = Management.__new__(Management)
+        other.__dict__.update(self.__dict__)
+        other.vhost = vhost
+        return other
+
+    # transport --------------------------------------------------------------------------
+    def request(self, method: str, path: str, json: Any = None, ok: Iterable[int] = ()) -> Any:
+        url = f"{self.base_url}/api/{path}"
+        try:
+            resp = self._session.request(method, url, json=json, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise ManagementError(f"A API de gerenciamento em {self.base_url} não respondeu ({exc.__class__.__name__}).") from exc
+        if resp.status_code == 401:
+            raise BrokerAuthError(f"A API de gerenciamento recusou o usuário '{self.username}' (senha errada ou usuário sem a tag 'management').")
+        if resp.status_code in ok:
+            return None
+        if resp.status_code == 404 and method == "GET":
+            raise ManagementError(f"Não encontrado na API de gerenciamento: {path}", 404)
+        if resp.status_code >= 400:
+            raise ManagementError(f"A API de gerenciamento respondeu {resp.status_code} a {method} {path}: {resp.text[:300]}", resp.status_code)
+        if not resp.content:
+            return None
+        return resp.json()
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    # broker-wide ------------------------------------------------------------------------
+    def overview(self) -> dict:
+        return self.get("overview")
+
+    def version(self) -> str:
+        return self.overview().get("rabbitmq_version", "?")
+
+    def whoami(self) -> dict:
+        return self.get("whoami")
+
+    def vhosts(self) -> list[dict]:
+        return self.get("vhosts")
+
+    def vhost_exists(self, vhost: str) -> bool:
+        try:
+            self.get(f"vhosts/{_q(vhost)}")
+            return True
+        except ManagementError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def create_vhost(self, vhost: str, description: str = "") -> None:
+        self.request("PUT", f"vhosts/{_q(vhost)}", json={"description": description, "tags": "curso"})
+
+    def delete_vhost(self, vhost: str) -> None:
+        self.request("DELETE", f"vhosts/{_q(vhost)}", ok=(404,))
+
+    def users(self) -> list[dict]:
+        return self.get("users")
+
+    def create_user(self, user: str, password: str, tags: str = "management") -> None:
+        self.request("PUT", f"users/{_q(user)}", json={"password": password, "tags": tags})
+
+    def delete_user(self, user: str) -> None:
+        self.request("DELETE", f"users/{_q(user)}", ok=(404,))
+
+    def permissions(self, vhost: str | None = None) -> list[dict]:
+        return self.get(f"vhosts/{_q(vhost or self.vhost)}/permissions")
+
+    def set_permissions(self, user: str, vhost: str | None = None, configure: str = ".*",
+                        write: str = ".*", read: str = ".*") -> None:
+        self.request("PUT", f"permissions/{_q(vhost or self.vhost)}/{_q(user)}",
+                     json={"configure": configure, "write": write, "read": read})
+
+    # per vhost --------------------------------------------------------------------------
+    def queues(self, vhost: str | None = None) -> list[dict]:
+        return self.get(f"queues/{_q(vhost or self.vhost)}")
+
+    def queue(self, name: str, vhost: str | None = None) -> dict:
+        return self.get(f"queues/{_q(vhost or self.vhost)}/{_q(name)}")
+
+    def queue_or_none(self, name: str, vhost: str | None = None) -> dict | None:
+        try:
+            return self.queue(name, vhost)
+        except ManagementError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete_queue(self, name: str, vhost: str | None = None) -> None:
+        self.request("DELETE", f"queues/{_q(vhost or self.vhost)}/{_q(name)}", ok=(404,))
+
+    def exchanges(self, vhost: str | None = None) -> list[dict]:
+        return self.get(f"exchanges/{_q(vhost or self.vhost)}")
+
+    def exchange(self, name: str, vhost: str | None = None) -> dict:
+        return self.get(f"exchanges/{_q(vhost or self.vhost)}/{_q(name)}")
+
+    def bindings(self, vhost: str | None = None) -> list[dict]:
+        return self.get(f"bindings/{_q(vhost or self.vhost)}")
+
+    def connections(self, vhost: str | None = None) -> list[dict]:
+        return self.get(f"vhosts/{_q(vhost or self.vhost)}/connections")
+
+    def close_connection(self, name: str, reason: str = "fechada pelo curso") -> None:
+        self.request("DELETE", f"connections/{_q(name)}", ok=(404,))
+
+    def channels(self, vhost: str | None = None) -> list[dict]:
+        return self.get(f"vhosts/{_q(vhost or self.vhost)}/channels")
+
+    def consumers(self, vhost: str | None = None) -> list[dict]:
+        return self.get(f"consumers/{_q(vhost or self.vhost)}")
+
+    def peek(self, queue: str, count: int = 10, vhost: str | None = None) -> list[dict]:
+        """Read up to `count` messages and put them back.
+
+        Not a true peek: RabbitMQ takes the messages and requeues them, so they come back marked
+        `redelivered` (and a quorum queue counts a delivery). Use it to look, not in hot paths.
+        """
+        return self.request("POST", f"queues/{_q(vhost or self.vhost)}/{_q(queue)}/get",
+                            json={"count": count, "ackmode": "ack_requeue_true",
+                                  "encoding": "auto", "truncate": 50000})
+
+    def publish(self, exchange: str, routing_key: str, payload: str,
+                properties: dict | None = None, vhost: str | None = None) -> bool:
+        """Publish through the HTTP API (for checks and demos). Returns whether it was routed."""
+        exchange_path = _q(exchange or "amq.default")
+        body = {"properties": properties or {}, "routing_key": routing_key,
+                "payload": payload, "payload_encoding": "string"}
+        if any(ord(ch) > 127 for ch in payload):
+            body.update(payload=base64.b64encode(payload.encode()).decode(), payload_encoding="base64")
+        result = self.request("POST", f"exchanges/{_q(vhost or self.vhost)}/{exchange_path}/publish", json=body)
+        return bool(result and result.get("routed"))

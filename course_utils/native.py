@@ -1,0 +1,356 @@
+"""A self-contained RabbitMQ node run from the OS package, without root and without /etc/rabbitmq.
+
+Every file the node reads or writes (Erlang cookie, config, enabled plugins, data, logs, pid)
+lives under one folder, so several nodes can run side by side on one host: the course broker,
+the locked-down grading broker, chapter 4's throwaway node and chapter 8's cluster all use this
+class with different names and ports.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BrokerStartError, PortInUse
+
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \S+ \[\w+\] <[^>]*> ?")
+
+PLUGINS = ("rabbitmq_management", "rabbitmq_prometheus", "rabbitmq_stream")
+
+# Where the OS packages put the server scripts. On Debian/Ubuntu /usr/sbin/rabbitmq-server is a
+# wrapper that insists on root and switches to the rabbitmq user; the real scripts are below.
+_SERVER_CANDIDATES = (
+    "/usr/lib/rabbitmq/bin/rabbitmq-server",
+    "/opt/homebrew/sbin/rabbitmq-server",
+    "/usr/local/sbin/rabbitmq-server",
+    "/opt/homebrew/opt/rabbitmq/sbin/rabbitmq-server",
+    "/usr/local/opt/rabbitmq/sbin/rabbitmq-server",
+)
+
+
+def find_server() -> Path | None:
+    """Path of the `rabbitmq-server` script to run directly, or None if RabbitMQ is not installed."""
+    env = os.environ.get("CURSO_RABBITMQ_SERVER")
+    if env:
+        return Path(env) if Path(env).exists() else None
+    for candidate in _SERVER_CANDIDATES:
+        if Path(candidate).exists():
+            return Path(candidate)
+    found = shutil.which("rabbitmq-server")
+    return Path(found) if found else None
+
+
+@dataclass(frozen=True)
+class Ports:
+    amqp: int = 5672
+    management: int = 15672
+    prometheus: int = 15692
+    stream: int = 5552
+    dist: int = 25672
+
+    @classmethod
+    def offset(cls, n: int) -> "Ports":
+        """The default ports shifted by n (for extra nodes beside the course broker)."""
+        base = cls()
+        return cls(base.amqp + n, base.management + n, base.prometheus + n, base.stream + n, base.dist + n)
+
+    def all(self) -> dict[str, int]:
+        return {"AMQP": self.amqp, "management": self.management, "Prometheus": self.prometheus,
+                "streams": self.stream, "distribuição Erlang": self.dist}
+
+
+# ---------------------------------------------------------------------------------------------
+# Small probes, shared with broker discovery.
+
+def amqp_answers(host: str, port: int, timeout: float = 2.0) -> bool | None:
+    """True if an AMQP 0-9-1 server answers on host:port, False if something else answers,
+    None if nothing listens."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError:
+        return None
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(b"AMQP\x00\x00\x09\x01")
+        head = sock.recv(7)
+    except OSError:  # timeout or reset: something listens, but it does not speak AMQP
+        return False
+    finally:
+        sock.close()
+    # A method frame (type 1) on channel 0: Connection.Start.
+    return len(head) == 7 and head[0] == 1 and head[1:3] == b"\x00\x00"
+
+
+def port_listening(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def who_listens(port: int) -> str | None:
+    """'name (pid N)' of the process listening on a TCP port, when /proc lets us see it."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(parts[9])
+    if not inodes:
+        return None
+    targets = {f"socket:[{i}]" for i in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in targets:
+                    name = (proc / "comm").read_text().strip()
+                    return f"{name} (pid {proc.name})"
+        except OSError:
+            continue
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    if Path("/proc/self").exists():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class NativeNode:
+    """One RabbitMQ node whose every file lives under `base_dir`."""
+
+    base_dir: Path
+    name: str = "curso"
+    ports: Ports = field(default_factory=Ports)
+    default_user: tuple[str, str] | None = None  # None: RabbitMQ's guest/guest
+    extra_config: tuple[str, ...] = ()
+    cookie: str | None = None  # nodes of one cluster share a cookie
+    host: str = "127.0.0.1"
+
+    def __post_init__(self) -> None:
+        self.base_dir = Path(self.base_dir)
+        self._proc: subprocess.Popen | None = None
+
+    # paths ------------------------------------------------------------------------------
+    @property
+    def node_name(self) -> str:
+        return f"{self.name}@localhost"
+
+    @property
+    def home(self) -> Path:
+        return self.base_dir / "home"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.base_dir / f"{self.name}.pid"
+
+    @property
+    def console_log(self) -> Path:
+        return self.base_dir / "log" / "console.log"
+
+    @property
+    def node_log(self) -> Path:
+        return self.base_dir / "log" / f"{self.node_name}.log"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
+        b = self.base_dir
+        env.update({
+            "HOME": str(self.home),
+            "RABBITMQ_NODENAME": self.node_name,
+            "RABBITMQ_USE_LONGNAME": "false",
+            "RABBITMQ_MNESIA_BASE": str(b / "data"),
+            "RABBITMQ_LOG_BASE": str(b / "log"),
+            "RABBITMQ_PID_FILE": str(self.pid_file),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(b / "enabled_plugins"),
+            "RABBITMQ_CONF_ENV_FILE": str(b / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(b / "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(b / "advanced.config"),
+            "RABBITMQ_DIST_PORT": str(self.ports.dist),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "RABBITMQ_CTL_DIST_PORT_MIN": str(self.ports.dist + 10000),
+            "RABBITMQ_CTL_DIST_PORT_MAX": str(self.ports.dist + 10010),
+        })
+        return env
+
+    # state ------------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def is_running(self) -> bool:
+        pid = self.pid()
+        return pid is not None and pid_alive(pid)
+
+    def answers(self) -> bool:
+        return bool(amqp_answers(self.host, self.ports.amqp)) and port_listening(self.host, self.ports.management)
+
+    # life cycle -------------------------------------------------------------------------
+    def write_config(self) -> None:
+        b = self.base_dir
+        for sub in ("home", "data", "log"):
+            (b / sub).mkdir(parents=True, exist_ok=True)
+        (b / "enabled_plugins").write_text("[" + ",".join(PLUGINS) + "].\n")
+        (b / "rabbitmq-env.conf").write_text("# written by course_utils; the environment says it all\n")
+        (b / "advanced.config").write_text("[].\n")
+        p, h = self.ports, self.host
+        lines = [
+            f"listeners.tcp.1 = {h}:{p.amqp}",
+            f"management.tcp.ip = {h}",
+            f"management.tcp.port = {p.management}",
+            f"prometheus.tcp.ip = {h}",
+            f"prometheus.tcp.port = {p.prometheus}",
+            f"stream.listeners.tcp.1 = {h}:{p.stream}",
+            f"stream.advertised_host = localhost",
+            f"stream.advertised_port = {p.stream}",
+            "log.file.level = info",
+            # Queue depths in the management API refresh at this interval (default 5 s); the
+            # notebooks show them and the exercise checks read them, so keep them fresh.
+            "collect_statistics_interval = 500",
+            "log.console = false",
+        ]
+        if self.default_user:
+            user, password = self.default_user
+            lines += [f"default_user = {user}", f"default_pass = {password}",
+                      "default_user_tags.administrator = true",
+                      "default_permissions.configure = .*", "default_permissions.read = .*",
+                      "default_permissions.write = .*"]
+        lines += list(self.extra_config)
+        (b / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
+        cookie_file = self.home / ".erlang.cookie"
+        if self.cookie or not cookie_file.exists():
+            cookie_file.write_text(self.cookie or secrets.token_hex(16).upper())
+            cookie_file.chmod(0o400)
+
+    def _check_ports(self) -> None:
+        for label, port in self.ports.all().items():
+            if port_listening(self.host, port):
+                holder = who_listens(port)
+                who = f" por {holder}" if holder else ""
+                raise PortInUse(
+                    f"A porta {port} ({label}) de {self.host} já está ocupada{who}, e não por um "
+                    f"RabbitMQ do curso. Pare esse processo ou, se for um RabbitMQ seu, aponte o curso "
+                    f"para ele com RABBITMQ_URL=amqp://usuario:senha@localhost:{self.ports.amqp}/."
+                )
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the node and wait until AMQP and the management API answer."""
+        server = find_server()
+        if server is None:
+            raise BrokerStartError("O RabbitMQ não está instalado (não achei o script rabbitmq-server).")
+        if self.is_running():
+            self.wait(timeout)
+            return
+        if self.pid_file.exists():  # stale: the node was killed without `down`
+            self.pid_file.unlink()
+        self._check_ports()
+        self.write_config()
+        self.console_log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.console_log, "ab") as log:
+            log.write(f"\n==== start {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                [str(server)], env=self.env(), cwd=self.base_dir, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.wait(timeout)
+
+    def wait(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise BrokerStartError(self._boot_failure("o processo do nó terminou durante a partida"))
+            if self._proc is None and self.pid() is not None and not self.is_running():
+                raise BrokerStartError(self._boot_failure("o processo do nó terminou durante a partida"))
+            if self.answers():
+                return
+            time.sleep(0.2)
+        raise BrokerStartError(self._boot_failure(
+            f"esperei {timeout:.0f} s pela porta AMQP {self.ports.amqp} e pela API de gerenciamento "
+            f"{self.ports.management} e elas não responderam"))
+
+    def _boot_failure(self, what: str) -> str:
+        return (f"O nó RabbitMQ {self.node_name} não subiu: {what}.\n"
+                f"Fim do log ({self.base_dir / 'log'}):\n{self.boot_log() or '(log vazio)'}\n"
+                f"Se o problema for a pasta de dados, apague-a e tente de novo: rm -rf {self.base_dir}")
+
+    def boot_log(self, lines: int = 25) -> str:
+        """The part of the console log that explains the last boot: RabbitMQ's own error lines
+        before 'BOOT FAILED' when there are any (the Erlang crash report after them is noise)."""
+        try:
+            text = self.console_log.read_text(errors="replace")
+        except OSError:
+            text = ""
+        last = text.rsplit("==== start", 1)[-1].splitlines()[1:]
+        if any("BOOT FAILED" in line for line in last):
+            cut = next(i for i, line in enumerate(last) if "BOOT FAILED" in line)
+            before = [_STAMP.sub("", line) for line in last[:cut]]
+            plain = [line for line in last[cut:] if not _STAMP.match(line)
+                     and not line.startswith(("{", "Kernel pid", "Crash dump"))]
+            return "\n".join(line for line in (before + plain)[-lines:] if line.strip())
+        return "\n".join(x for x in ("\n".join(last[-lines:]), tail(self.node_log, lines)) if x.strip())
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Stop the node (SIGTERM: a clean shutdown), then reap it. False if it was not running."""
+        pid = self.pid()
+        if pid is None or not pid_alive(pid):
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            if self._proc is not None:
+                self._proc.poll()
+            time.sleep(0.1)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        if self._proc is not None:
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def ctl(self, *args: str, timeout: float = 60.0, tool: str = "rabbitmqctl") -> subprocess.CompletedProcess:
+        """Run rabbitmqctl (or rabbitmq-diagnostics, rabbitmq-queues...) against this node."""
+        server = find_server()
+        if server is None:
+            raise BrokerStartError("O RabbitMQ não está instalado.")
+        return subprocess.run([str(server.parent / tool), "-n", self.node_name, *args], env=self.env(),
+                              capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,76 @@
+"""The chapter sandbox: isolated, fresh on every setup(), and hands-off with RABBITMQ_URL."""
+import time
+
+import pytest
+
+from course_utils import setup
+from course_utils.errors import CourseError
+
+
+def _declare(curso, name, messages=0):
+    with curso.connect() as connection:
+        channel = connection.channel()
+        channel.queue_declare(queue=name, durable=True)
+        for i in range(messages):
+            channel.basic_publish(exchange="", routing_key=name, body=f"m{i}")
+
+
+def test_two_sandboxes_do_not_see_each_other(course_broker):
+    a, b = setup("teste-a"), setup("teste-b")
+    try:
+        _declare(a, "so_do_a")
+        _declare(b, "so_do_b")
+        assert [q["name"] for q in a.management.queues()] == ["so_do_a"]
+        assert [q["name"] for q in b.management.queues()] == ["so_do_b"]
+        assert a.vhost != b.vhost and a.url != b.url
+    finally:
+        a.cleanup(delete_vhost=True)
+        b.cleanup(delete_vhost=True)
+
+
+def test_setup_again_gives_an_empty_vhost(course_broker):
+    curso = setup("teste-reset")
+    _declare(curso, "velha", messages=3)
+    assert curso.management.queues()
+    again = setup("teste-reset")
+    assert again.management.queues() == []
+    assert again.management.exchanges()  # the vhost exists again, with its default exchanges
+    again.cleanup(delete_vhost=True)
+
+
+def test_handle_contract(course_broker):
+    curso = setup("teste-handle")
+    assert curso.url.startswith("amqp://") and curso.url.endswith("/curso-teste-handle")
+    assert curso.params().virtual_host == "curso-teste-handle"
+    connection = curso.connect()
+    assert connection.is_open
+    curso.cleanup()
+    assert not connection.is_open
+    assert curso.management.whoami()["name"] == "guest"
+    assert list(curso.queues().columns)[:2] == ["fila", "tipo"]
+    curso.cleanup(delete_vhost=True)
+
+
+def test_rabbitmq_url_is_used_as_given(course_broker, monkeypatch):
+    admin = course_broker.management()
+    admin.create_vhost("externo-teste")
+    admin.set_permissions("guest", "externo-teste")
+    try:
+        monkeypatch.setenv("RABBITMQ_URL", "amqp://guest:guest@localhost:5672/externo-teste")
+        before = {v["name"] for v in admin.vhosts()}
+        curso = setup("cap99")
+        assert curso.vhost == "externo-teste" and not curso.owns_vhost
+        _declare(curso, "fica")
+        curso.cleanup()
+        setup("cap99")  # a second setup creates and deletes nothing
+        assert {v["name"] for v in admin.vhosts()} == before
+        assert [q["name"] for q in admin.queues("externo-teste")] == ["fica"]
+        with pytest.raises(CourseError):
+            curso.reset()
+    finally:
+        admin.delete_vhost("externo-teste")
+
+
+def test_bad_chapter_name(course_broker):
+    with pytest.raises(CourseError, match="inválido"):
+        setup("Capítulo 2!")
