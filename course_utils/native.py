@@ -96,6 +96,26 @@ def port_listening(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
+def free_offset(start: int | None = None, step: int = 37, tries: int = 100) -> int:
+    """An offset n such that every port of Ports.offset(n) is free (for extra nodes). The default
+    start depends on the process id, so that concurrent processes rarely try the same block."""
+    if start is None:
+        start = 3000 + (os.getpid() % 97) * step
+    for n in range(start, start + step * tries, step):
+        if all(port_free(p) for p in Ports.offset(n).all().values()):
+            return n
+    raise PortInUse(f"Não achei um bloco de portas livres a partir do deslocamento {start}.")
+
+
 def who_listens(port: int) -> str | None:
     """'name (pid N)' of the process listening on a TCP port, when /proc lets us see it."""
     inodes = set()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 
@@ -11,7 +10,7 @@ os.environ.setdefault("CURSO_NO_DOCKER", "1")  # tests use the native node even 
 
 from course_utils import broker as broker_mod  # noqa: E402
 from course_utils import strict  # noqa: E402
-from course_utils.native import NativeNode, Ports  # noqa: E402
+from course_utils.native import NativeNode, Ports, free_offset  # noqa: E402
 
 strict.enable()
 
@@ -27,27 +26,9 @@ def course_broker():
             os.environ["RABBITMQ_URL"] = saved
 
 
-def free_port_block(start: int = 6000, span: int = 5) -> int:
-    """An offset n such that Ports.offset(n) are all free on 127.0.0.1."""
-    for offset in range(start, start + 4000, 37):
-        ports = Ports.offset(offset).all().values()
-        if all(_free(p) for p in ports):
-            return offset
-    raise RuntimeError("no free port block")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 @pytest.fixture
 def spare_node(tmp_path):
     """A native node (not started) on free ports in a temporary folder; stopped afterwards."""
-    node = NativeNode(tmp_path / "node", name=f"teste{os.getpid()}", ports=Ports.offset(free_port_block()))
+    node = NativeNode(tmp_path / "node", name=f"teste{os.getpid()}", ports=Ports.offset(free_offset()))
     yield node
     node.stop()

@@ -9,15 +9,13 @@ import pytest
 
 from course_utils import broker as b
 from course_utils.errors import BrokerAuthError, BrokerNotFound
-from course_utils.native import Ports, amqp_answers
-
-from conftest import free_port_block
+from course_utils.native import Ports, amqp_answers, free_offset
 
 
 @pytest.fixture
 def elsewhere(monkeypatch, tmp_path):
     """Point discovery at free ports and an empty data dir, as on a machine with no broker."""
-    monkeypatch.setattr(b, "COURSE_PORTS", Ports.offset(free_port_block(start=7000)))
+    monkeypatch.setattr(b, "COURSE_PORTS", Ports.offset(free_offset(start=7000)))
     monkeypatch.setenv("CURSO_HOME", str(tmp_path / "curso"))
     monkeypatch.delenv("RABBITMQ_URL", raising=False)
     monkeypatch.setattr(b, "_cached", None)
