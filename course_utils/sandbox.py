@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import time
 import weakref
 
 import pika
@@ -79,17 +80,55 @@ class Chapter:
             self.broker.management().delete_vhost(self.vhost)
 
     # convenience for notebooks ----------------------------------------------------------
-    def queues(self):
-        """The vhost's queues as a pandas DataFrame (name, type, durable, ready, unacked, total)."""
+    def queues(self, wait_for: dict[str, int | tuple[int, int]] | None = None, timeout: float = 10.0):
+        """The vhost's queues as a pandas DataFrame (as the management API shows them).
+
+        The API's counts refresh once per statistics interval (1 s on the course's own broker,
+        5 s by default elsewhere). `wait_for={"fila": 3}` waits (up to `timeout`) until that queue
+        shows 3 messages in total; `{"fila": (ready, unacked)}` waits for both counts."""
         import pandas as pd
 
+        deadline = time.monotonic() + timeout
+        while True:
+            raw = self.management.queues()
+            if not wait_for or _counts_match(raw, wait_for) or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
         rows = [{"fila": q["name"], "tipo": q.get("type", "classic"), "durável": q.get("durable"),
                  "exclusiva": q.get("exclusive"), "prontas": q.get("messages_ready", 0),
                  "sem_ack": q.get("messages_unacknowledged", 0), "total": q.get("messages", 0),
                  "consumidores": q.get("consumers", 0)}
-                for q in self.management.queues()]
+                for q in raw]
         return pd.DataFrame(rows, columns=["fila", "tipo", "durável", "exclusiva", "prontas",
                                            "sem_ack", "total", "consumidores"])
+
+    def connections(self, wait_for: int | None = None, timeout: float = 10.0):
+        """Open AMQP connections to this vhost as a DataFrame; `wait_for=n` waits until n show."""
+        import pandas as pd
+
+        deadline = time.monotonic() + timeout
+        raw = self.management.connections()
+        while wait_for is not None and len(raw) != wait_for and time.monotonic() < deadline:
+            time.sleep(0.25)
+            raw = self.management.connections()
+        rows = [{"conexão": c.get("client_properties", {}).get("connection_name") or c["name"],
+                 "usuário": c.get("user"), "canais": c.get("channels", 0), "estado": c.get("state")}
+                for c in raw]
+        return pd.DataFrame(rows, columns=["conexão", "usuário", "canais", "estado"])
+
+
+def _counts_match(queues: list[dict], wanted: dict) -> bool:
+    by_name = {q["name"]: q for q in queues}
+    for name, expected in wanted.items():
+        q = by_name.get(name)
+        if q is None:
+            return False
+        if isinstance(expected, tuple):
+            if (q.get("messages_ready", 0), q.get("messages_unacknowledged", 0)) != expected:
+                return False
+        elif q.get("messages", 0) != expected:
+            return False
+    return True
 
 
 def vhost_for(name: str) -> str:

@@ -1,0 +1,120 @@
+"""Run a notebook under nbval (`pytest --nbval-lax`) in a subprocess and report each code cell.
+
+Used by the test suite (chapters, solutions, blank exercises) and by the grader. nbval names its
+items "Cell N" with N counting code cells only; the JUnit XML report gives each one's outcome.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+_CELL = re.compile(r"Cell (\d+)$")
+_ANSI = re.compile(r"(\x1b|#x1B)\[[0-9;]*m")
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): ?(.*)$")
+
+
+def clean(text: str) -> str:
+    """Traceback text without terminal colour codes."""
+    return _ANSI.sub("", text)
+
+
+@dataclass
+class CellOutcome:
+    code_index: int
+    status: str  # passed | failed | skipped | error
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def error(self) -> tuple[str, str]:
+        """(exception type, message) of the last exception line in the cell's traceback."""
+        found = ("", "")
+        for line in clean(self.message).splitlines():
+            match = _ERROR_LINE.match(line.strip())
+            if match:
+                found = (match.group(1), match.group(2))
+        return found
+
+
+@dataclass
+class NotebookRun:
+    cells: dict[int, CellOutcome]
+    returncode: int
+    timed_out: bool
+    output: str
+
+    def statuses(self) -> dict[int, str]:
+        return {i: c.status for i, c in sorted(self.cells.items())}
+
+    def failed(self) -> list[int]:
+        return [i for i, c in sorted(self.cells.items()) if not c.ok]
+
+
+def run_notebook(notebook: Path, env: dict[str, str] | None = None, cell_timeout: float = 120,
+                 timeout: float = 900, extra_args: tuple[str, ...] = (),
+                 plugins: tuple[str, ...] = ()) -> NotebookRun:
+    """Execute `notebook` with nbval in a fresh kernel, from a scratch folder.
+
+    `env` replaces the subprocess environment (the kernel inherits it); `timeout` bounds the
+    whole run, `cell_timeout` each cell; `plugins` are extra pytest plugins (`-p module`)."""
+    notebook = Path(notebook).resolve()
+    with tempfile.TemporaryDirectory(prefix="curso-nbrun-") as tmp:
+        work = Path(tmp)
+        target = work / notebook.name
+        shutil.copyfile(notebook, target)
+        (work / "pytest.ini").write_text("[pytest]\naddopts =\n")
+        xml = work / "report.xml"
+        cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env",
+               f"--nbval-cell-timeout={cell_timeout}", "-p", "no:cacheprovider",
+               "-c", str(work / "pytest.ini"), "--rootdir", str(work), f"--junitxml={xml}", "-q",
+               "-W", "ignore::DeprecationWarning"]
+        for plugin in plugins:
+            cmd += ["-p", plugin]
+        cmd += [*extra_args, str(target)]
+        run_env = dict(os.environ if env is None else env)
+        run_env.setdefault("MPLBACKEND", "Agg")
+        run_env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+        timed_out = False
+        try:
+            proc = subprocess.run(cmd, cwd=work, env=run_env, capture_output=True, text=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL)
+            returncode, output = proc.returncode, proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            timed_out, returncode = True, -1
+            output = _text(exc.stdout) + _text(exc.stderr)
+        cells = parse_junit(xml) if xml.exists() else {}
+        return NotebookRun(cells, returncode, timed_out, output)
+
+
+def _text(data) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def parse_junit(xml: Path) -> dict[int, CellOutcome]:
+    cells: dict[int, CellOutcome] = {}
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        match = _CELL.search(case.get("name", ""))
+        if not match:
+            continue
+        index = int(match.group(1))
+        status, message = "passed", ""
+        for tag in ("failure", "error", "skipped"):
+            node = case.find(tag)
+            if node is not None:
+                status = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
+                message = (node.get("message") or "") + "\n" + (node.text or "")
+                break
+        cells[index] = CellOutcome(index, status, message.strip())
+    return cells
