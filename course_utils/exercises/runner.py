@@ -62,13 +62,15 @@ class NotebookRun:
 
 def run_notebook(notebook: Path, env: dict[str, str] | None = None, cell_timeout: float = 120,
                  timeout: float = 900, extra_args: tuple[str, ...] = (),
-                 plugins: tuple[str, ...] = ()) -> NotebookRun:
+                 plugins: tuple[str, ...] = (), work_dir: Path | None = None) -> NotebookRun:
     """Execute `notebook` with nbval in a fresh kernel, from a scratch folder.
 
     `env` replaces the subprocess environment (the kernel inherits it); `timeout` bounds the
-    whole run, `cell_timeout` each cell; `plugins` are extra pytest plugins (`-p module`)."""
+    whole run, `cell_timeout` each cell; `plugins` are extra pytest plugins (`-p module`);
+    `work_dir` is where the scratch folder is made. Whatever is left running from the scratch
+    folder afterwards (an orphaned kernel, a learner's background process) is killed."""
     notebook = Path(notebook).resolve()
-    with tempfile.TemporaryDirectory(prefix="curso-nbrun-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="curso-nbrun-", dir=work_dir) as tmp:
         work = Path(tmp)
         target = work / notebook.name
         shutil.copyfile(notebook, target)
@@ -83,17 +85,52 @@ def run_notebook(notebook: Path, env: dict[str, str] | None = None, cell_timeout
         cmd += [*extra_args, str(target)]
         run_env = dict(os.environ if env is None else env)
         run_env.setdefault("MPLBACKEND", "Agg")
+        # Kernel connection files go to the scratch folder, so leftovers can be found by path.
+        run_env["JUPYTER_RUNTIME_DIR"] = str(work / "runtime")
         run_env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
         timed_out = False
+        proc = subprocess.Popen(cmd, cwd=work, env=run_env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         try:
-            proc = subprocess.run(cmd, cwd=work, env=run_env, capture_output=True, text=True,
-                                  timeout=timeout, stdin=subprocess.DEVNULL)
-            returncode, output = proc.returncode, proc.stdout + proc.stderr
-        except subprocess.TimeoutExpired as exc:
+            out, _ = proc.communicate(timeout=timeout)
+            returncode, output = proc.returncode, _text(out)
+        except subprocess.TimeoutExpired:
             timed_out, returncode = True, -1
-            output = _text(exc.stdout) + _text(exc.stderr)
+            _kill_group(proc)
+            out, _ = proc.communicate()
+            output = _text(out)
+        finally:
+            _kill_leftovers(work)
         cells = parse_junit(xml) if xml.exists() else {}
         return NotebookRun(cells, returncode, timed_out, output)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Kill pytest and the kernel it started (same process group)."""
+    import signal
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
+def _kill_leftovers(work: Path) -> None:
+    """Kill any process still running from the scratch folder (an orphaned kernel, a student's
+    background process): their command lines name the kernel connection file inside it."""
+    import signal
+    proc_dir = Path("/proc")
+    if not proc_dir.exists():
+        return
+    needle = str(work).encode()
+    for entry in proc_dir.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
 
 
 def _text(data) -> str:

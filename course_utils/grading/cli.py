@@ -1,0 +1,37 @@
+"""`curso grade SUBMISSIONS --out RESULTS [...]`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..exercises.cli import project_root
+    from .grade import GradeOptions, grade
+
+    exercises = Path(args.exercises) if args.exercises else project_root() / "exercises"
+    submissions = Path(args.submissions)
+    if not submissions.is_dir():
+        raise SystemExit(f"erro: {submissions} não é uma pasta de entregas")
+    options = GradeOptions(submissions=submissions, out=Path(args.out), exercises_dir=exercises,
+                           workers=args.workers, timeout=args.timeout, cell_timeout=args.cell_timeout,
+                           only=tuple(args.only or ()), force=args.force,
+                           progress=not args.no_progress)
+    summary = grade(options)
+    print(summary.table())
+    print(f"\nresultados em {options.out}: grades.csv, results.jsonl, feedback/, summary.png")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("grade", help="corrige as entregas de uma turma, cada aluno isolado no broker")
+    p.add_argument("submissions", help="pasta com uma pasta ou zip por aluno")
+    p.add_argument("--out", required=True, help="pasta dos resultados")
+    p.add_argument("--workers", type=int, default=1, help="cadernos corrigidos em paralelo (padrão 1)")
+    p.add_argument("--timeout", type=float, default=600.0, help="segundos por caderno (padrão 600)")
+    p.add_argument("--cell-timeout", type=float, default=60.0, help="segundos por célula (padrão 60)")
+    p.add_argument("--only", nargs="+", metavar="NN", help="só estes capítulos, ex.: --only 02 03")
+    p.add_argument("--force", action="store_true", help="corrige de novo o que já foi corrigido")
+    p.add_argument("--exercises", help="pasta dos cadernos de exercícios canônicos (padrão: exercises/)")
+    p.add_argument("--no-progress", action="store_true", help="sem barra de progresso")
+    p.set_defaults(func=_run)

@@ -1,0 +1,100 @@
+"""The grading broker: a RabbitMQ node the grader starts for the purpose and locks down.
+
+No `guest` user; one administrator whose random password stays in the grader's memory (it is
+scrubbed from the node's config file once the node has created the user); per submission, a vhost
+and a user whose permissions cover only that vhost.
+"""
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from ..management import Management
+from ..native import NativeNode, Ports, free_offset
+
+
+@dataclass(frozen=True)
+class StudentSpace:
+    vhost: str
+    user: str
+    password: str
+    amqp_url: str
+    management_url: str
+
+
+class GradingBroker:
+    """Start with `with GradingBroker() as broker:`; `broker.space(label)` makes a student space."""
+
+    def __init__(self, base_dir: Path | None = None, host: str = "127.0.0.1"):
+        self._own_dir = base_dir is None
+        self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="curso-grade-broker-"))
+        self.base_dir.chmod(0o700)
+        self.host = host
+        self._admin_password = secrets.token_urlsafe(24)
+        self.node = NativeNode(self.base_dir / "node", name=f"cursograde{secrets.token_hex(3)}",
+                               ports=Ports.offset(free_offset()),
+                               default_user=("grader-admin", self._admin_password),
+                               extra_config=("loopback_users = none",))
+        self.admin: Management | None = None
+        self._lock = threading.Lock()
+
+    # life cycle -------------------------------------------------------------------------
+    def start(self, timeout: float = 90.0) -> "GradingBroker":
+        self.node.start(timeout)
+        conf = self.node.base_dir / "rabbitmq.conf"
+        # The user exists now; the password need not stay on disk.
+        conf.write_text("".join(line for line in conf.read_text().splitlines(keepends=True)
+                                if not line.startswith("default_pass")))
+        self.admin = Management(self.management_url, "grader-admin", self._admin_password, "/")
+        self.admin.overview()
+        users = {u["name"] for u in self.admin.users()}
+        assert "guest" not in users, "the grading broker must have no guest user"
+        return self
+
+    def stop(self) -> None:
+        self.node.stop()
+        if self._own_dir:
+            shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> "GradingBroker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # addresses --------------------------------------------------------------------------
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.host}:{self.node.ports.management}"
+
+    @property
+    def amqp_port(self) -> int:
+        return self.node.ports.amqp
+
+    # student spaces ---------------------------------------------------------------------
+    def space(self, label: str) -> StudentSpace:
+        """A fresh vhost and a user allowed only there."""
+        token = secrets.token_hex(4)
+        vhost = f"grade-{label}-{token}"
+        user = f"aluno-{label}-{token}"
+        password = secrets.token_urlsafe(18)
+        admin = self.admin
+        admin.create_vhost(vhost, description=f"curso grade: {label}")
+        admin.create_user(user, password, tags="management")
+        admin.set_permissions(user, vhost)
+        url = f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{self.host}:{self.amqp_port}/{quote(vhost, safe='')}"
+        return StudentSpace(vhost, user, password, url, self.management_url)
+
+    def drop(self, space: StudentSpace) -> None:
+        """Delete the user (closing its connections) and the vhost."""
+        admin = self.admin
+        for conn in admin.get("connections"):
+            if conn.get("user") == space.user:
+                admin.close_connection(conn["name"])
+        admin.delete_user(space.user)
+        admin.delete_vhost(space.vhost)
