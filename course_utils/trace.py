@@ -1,0 +1,445 @@
+"""Message trace: record what crosses the broker during a cell, with RabbitMQ's firehose tracer.
+
+    from course_utils.trace import trace, plot_trace
+    with trace(curso) as t:
+        channel.basic_publish(exchange="tarefas", routing_key="", body=b"oi")
+        ...                                   # consumers receive, ack, reject...
+    t.table()                                 # one row per publish / delivery
+    plot_trace(t.table())                     # timeline: who got which message
+
+How it works: the management API switches the firehose on for the chapter's vhost only
+(`PUT /api/vhosts/{vhost}` with `"tracing": true`, like `rabbitmqctl trace_on -p VHOST`). The broker
+then copies every publish to the exchange `amq.rabbitmq.trace` with routing key
+`publish.<exchange>` and every delivery with `deliver.<queue>`; the headers carry exchange_name,
+routing_keys, properties, node, connection, channel, the queues a publish was routed to
+(`routed_queues`) and, for deliveries, `redelivered`. The trace binds an exclusive queue to that
+exchange with `#` and records what arrives, in a background thread with its own connection.
+
+What the firehose does not show, and what the trace does about it:
+- acks, nacks and rejects are not traced: `Trace.acks()` derives acks per queue from the
+  management statistics (they refresh every statistics interval, so it waits for them);
+- dead-lettering is an internal republish, not traced as a publish: a dead-lettered message is
+  seen when it is delivered from the dead-letter queue, with the `x-death` header telling from
+  which queue and why (rejected, expired, maxlen, delivery_limit); the table shows that reason;
+- messages expired or dropped while nobody consumes them leave no trace at all.
+The firehose costs the broker a copy of every message: switch it on only around a cell (the
+context manager switches it off again, unless it was already on). It needs a user with the
+administrator tag (the course's guest user has it).
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from urllib.parse import quote
+from dataclasses import dataclass, field
+
+import pandas as pd
+import pika
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from ._toolkit import DEAD_COLOR, DELIVER_COLOR, PUBLISH_COLOR, REDELIVER_COLOR, new_figure
+from .errors import CourseError
+
+TRACE_EXCHANGE = "amq.rabbitmq.trace"
+MARKER_PREFIX = "curso.trace.fim."
+_tracing_lock = threading.Lock()
+_tracing_users: dict[str, int] = {}   # vhost -> active traces in this process
+_tracing_was_on: dict[str, bool] = {}
+
+COLUMNS = ["t_ms", "evento", "mensagem", "exchange", "routing_key", "fila", "roteada_para",
+           "consumidor", "corpo", "motivo_dlx"]
+
+
+@dataclass
+class TraceEvent:
+    """One firehose message: a publish (kind "publish") or a delivery (kind "deliver")."""
+
+    t_ms: float
+    kind: str
+    exchange: str
+    routing_keys: list[str]
+    queue: str | None
+    routed_queues: list[str]
+    redelivered: bool
+    connection: str
+    channel: int | None
+    body: bytes
+    properties: dict = field(default_factory=dict)
+
+    @property
+    def death(self) -> dict | None:
+        """The most recent x-death entry (dead-lettered messages only)."""
+        deaths = (self.properties.get("headers") or {}).get("x-death")
+        return deaths[0] if deaths else None
+
+    @property
+    def origin(self) -> tuple[str, tuple[str, ...], bytes]:
+        """(exchange, routing keys, body) as first published: links a delivery to its publish."""
+        headers = self.properties.get("headers") or {}
+        deaths = headers.get("x-death")
+        if deaths:
+            first = deaths[-1]
+            return (headers.get("x-first-death-exchange", first.get("exchange", "")),
+                    tuple(first.get("routing-keys", [])), self.body)
+        return self.exchange, tuple(self.routing_keys), self.body
+
+
+def _decode(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _event(method, properties, body: bytes, t_ms: float) -> TraceEvent:
+    h = properties.headers or {}
+    kind, _, name = method.routing_key.partition(".")
+    return TraceEvent(
+        t_ms=t_ms, kind=kind, exchange=_decode(h.get("exchange_name", "")),
+        routing_keys=[_decode(k) for k in h.get("routing_keys", [])],
+        queue=name if kind == "deliver" else None,
+        routed_queues=[_decode(q) for q in h.get("routed_queues", [])],
+        redelivered=bool(h.get("redelivered", 0)), connection=_decode(h.get("connection", "")),
+        channel=h.get("channel"), body=body, properties=h.get("properties") or {})
+
+
+# the firehose switch ------------------------------------------------------------------------
+def _set_tracing(management, vhost: str, on: bool) -> None:
+    """PUT the vhost with tracing on/off, keeping its description, tags and default queue type."""
+    info = management.get(f"vhosts/{_q(vhost)}")
+    body = {"tracing": on, "description": info.get("description", ""),
+            "tags": ",".join(info.get("tags") or [])}
+    if info.get("default_queue_type") not in (None, "undefined"):
+        body["default_queue_type"] = info["default_queue_type"]
+    try:
+        management.request("PUT", f"vhosts/{_q(vhost)}", json=body)
+    except CourseError as exc:  # 401/403 for users without the administrator tag
+        raise CourseError(f"Não consegui ligar o rastreamento (firehose) no vhost {vhost!r}: o usuário "
+                          "precisa da tag administrator. Sem ele, use channel.consume(...) e observe "
+                          f"as filas. ({exc})") from exc
+
+
+def _q(name: str) -> str:
+    return quote(name, safe="")
+
+
+def _acquire_tracing(management, vhost: str) -> None:
+    with _tracing_lock:
+        if _tracing_users.get(vhost, 0) == 0:
+            _tracing_was_on[vhost] = bool(management.get(f"vhosts/{_q(vhost)}").get("tracing"))
+            if not _tracing_was_on[vhost]:
+                _set_tracing(management, vhost, True)
+        _tracing_users[vhost] = _tracing_users.get(vhost, 0) + 1
+
+
+def _release_tracing(management, vhost: str) -> None:
+    with _tracing_lock:
+        _tracing_users[vhost] -= 1
+        if _tracing_users[vhost] == 0 and not _tracing_was_on.pop(vhost, True):
+            try:
+                _set_tracing(management, vhost, False)
+            except CourseError:
+                pass  # the vhost may be gone already (cleanup ran first)
+
+
+# the recorder -------------------------------------------------------------------------------
+class Trace:
+    """Records the firehose of the chapter's vhost between start() and stop() (or a `with`)."""
+
+    def __init__(self, curso, max_events: int = 10_000, settle: float = 0.25, timeout: float = 10.0,
+                 names_wait: float = 0.6):
+        self.curso = curso
+        self.names_wait = names_wait
+        self.max_events = max_events
+        self.settle = settle
+        self.timeout = timeout
+        self.events: list[TraceEvent] = []
+        self.dropped = 0
+        self._marker = MARKER_PREFIX + uuid.uuid4().hex[:8]
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._names: dict[str, str] = {}
+        self._stats_before: dict[str, dict] = {}
+        self._t0 = 0.0
+
+    def __enter__(self) -> "Trace":
+        self.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.stop()
+        except CourseError:
+            if exc_type is None:  # never hide the cell's own exception
+                raise
+
+    def start(self) -> None:
+        management = self.curso.management
+        _acquire_tracing(management, self.curso.vhost)
+        self._stats_before = _queue_stats(management)
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._run, name="curso-trace", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(self.timeout) or self._error:
+            self._stop.set()
+            _release_tracing(management, self.curso.vhost)
+            raise CourseError(f"O rastreamento não começou: {self._error or 'tempo esgotado'}")
+
+    def stop(self) -> None:
+        """Wait until the broker's trace of everything done so far has arrived, then stop."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(self.timeout)
+        self._thread = None
+        self._resolve_names(wait=self.names_wait)
+        _release_tracing(self.curso.management, self.curso.vhost)
+        if self._error:
+            raise CourseError(f"O rastreamento parou no meio: {self._error!r}")
+
+    def _run(self) -> None:
+        try:
+            connection = pika.BlockingConnection(self.curso.params())
+        except Exception as exc:  # reported by start()
+            self._error = exc
+            self._ready.set()
+            return
+        try:
+            self._consume(connection.channel())
+        except Exception as exc:
+            self._error = exc
+            self._ready.set()
+        finally:
+            if connection.is_open:
+                connection.close()
+
+    def _consume(self, channel) -> None:
+        queue = channel.queue_declare(queue="", exclusive=True).method.queue
+        channel.queue_bind(queue=queue, exchange=TRACE_EXCHANGE, routing_key="#")
+        self._ready.set()
+        marker_sent = marker_seen = None
+        for method, properties, body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.05):
+            now = time.perf_counter()
+            if method is not None:
+                if (properties.headers or {}).get("routing_keys") == [self._marker]:
+                    marker_seen = now
+                else:
+                    self._record(_event(method, properties, body, 1000 * (now - self._t0)))
+            if self._stop.is_set() and marker_sent is None:
+                # the marker's own trace comes back after everything the broker traced before it
+                channel.basic_publish(exchange="", routing_key=self._marker, body=b"")
+                marker_sent = now
+            if marker_seen and (method is None or now - marker_seen > self.settle):
+                break
+            if marker_sent and now - marker_sent > self.timeout:
+                break
+        channel.cancel()
+
+    def _record(self, event: TraceEvent) -> None:
+        if len(self.events) < self.max_events:
+            self.events.append(event)
+        else:
+            self.dropped += 1
+
+    def _resolve_names(self, wait: float = 0.0) -> None:
+        """Map firehose connection ids ('127.0.0.1:52474 -> 127.0.0.1:5672') to the names clients
+        gave their connections (client_properties connection_name). The management API lists a
+        new connection only after its next statistics refresh, hence the short, bounded wait."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                for c in self.curso.management.connections():
+                    name = (c.get("client_properties") or {}).get("connection_name")
+                    if name:
+                        self._names.setdefault(c["name"], name)
+            except CourseError:
+                return
+            unknown = {e.connection for e in self.events} - set(self._names)
+            if not unknown or time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
+
+    def consumer_label(self, event: TraceEvent) -> str:
+        """'nome da conexão (canal n)', with the client port when several share a name."""
+        name = self._names.get(event.connection)
+        port = event.connection.split(" -> ")[0].rpartition(":")[2]
+        shared = sum(1 for v in self._names.values() if v == name) > 1
+        who = f"{name} :{port}" if name and shared else (name or f"conexão :{port}")
+        return f"{who} (canal {event.channel})"
+
+    # results ---------------------------------------------------------------------------
+    def table(self) -> pd.DataFrame:
+        """One row per traced publish or delivery, in the order the broker traced them.
+
+        `mensagem` numbers each publish (#1, #2, ...) and gives each delivery the number of the
+        publish it came from, so a pivot shows who got which message.
+        """
+        self._resolve_names()
+        numbers = _number_messages(self.events)
+        known = self._known_queues()
+        rows = [self._row(e, numbers.get(i), known) for i, e in enumerate(self.events)]
+        return pd.DataFrame(rows, columns=COLUMNS)
+
+    def _known_queues(self) -> set[str]:
+        """Queues that exist now or received a delivery. (RabbitMQ 3.10 lists, for the default
+        exchange, the routing key as routed queue even when no such queue exists.)"""
+        seen = {e.queue for e in self.events if e.kind == "deliver"}
+        try:
+            return seen | {q["name"] for q in self.curso.management.queues()}
+        except CourseError:
+            return seen | {q for e in self.events for q in e.routed_queues}
+
+    def _row(self, e: TraceEvent, number: int | None, known: set[str]) -> dict:
+        death = e.death
+        if e.kind == "publish":
+            routed = [q for q in e.routed_queues if q in known]
+            event, routed = "publicada", ", ".join(routed) or "(nenhuma)"
+        else:
+            event = "entregue (dead-letter)" if death else ("reentregue" if e.redelivered else "entregue")
+            routed = ""
+        return {"t_ms": round(e.t_ms, 1), "evento": event,
+                "mensagem": f"#{number}" if number else "?",
+                "exchange": e.exchange or "(padrão)", "routing_key": ", ".join(e.routing_keys),
+                "fila": e.queue or "", "roteada_para": routed,
+                "consumidor": self.consumer_label(e) if e.kind == "deliver" else "",
+                "corpo": _preview(e.body),
+                "motivo_dlx": f"{death.get('reason')} em {death.get('queue')}" if death else ""}
+
+    def acks(self, timeout: float = 8.0) -> pd.DataFrame:
+        """Deliveries (traced) and acks (management statistics) per queue during the trace.
+
+        The firehose does not see acks; the queue statistics count them, but refresh only every
+        statistics interval, so this waits (up to `timeout` s) until the statistics show at least
+        the deliveries the trace saw. Deliveries with auto_ack never get an ack.
+        """
+        traced: dict[str, int] = {}
+        for e in self.events:
+            if e.kind == "deliver":
+                traced[e.queue] = traced.get(e.queue, 0) + 1
+        deadline = time.monotonic() + timeout
+        while True:
+            now = _queue_stats(self.curso.management)
+            delta = {q: _delta(now, self._stats_before, q) for q in traced}
+            if all(d["deliver_get"] >= traced[q] for q, d in delta.items()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        rows = [{"fila": q, "entregas": traced[q], "acks": delta[q]["ack"],
+                 "sem_ack": now.get(q, {}).get("unacked", 0)} for q in sorted(traced)]
+        return pd.DataFrame(rows, columns=["fila", "entregas", "acks", "sem_ack"])
+
+
+def _number_messages(events: list[TraceEvent]) -> dict[int, int]:
+    """Event index -> message number: publishes in order; each delivery matched to the publish
+    with the same exchange, routing keys and body (dead-lettered ones through x-death)."""
+    numbers: dict[int, int] = {}
+    published: dict[tuple, list[int]] = {}
+    delivered: dict[int, set] = {}
+    count = 0
+    for i, e in enumerate(events):
+        if e.kind == "publish":
+            count += 1
+            numbers[i] = count
+            published.setdefault(e.origin, []).append(count)
+            delivered[count] = set()
+            continue
+        kind = "dead" if e.death else ("again" if e.redelivered else "first")
+        for n in published.get(e.origin, []):
+            if kind == "again" and (e.queue, "first") in delivered[n]:
+                numbers[i] = n
+                break
+            if kind != "again" and (e.queue, kind) not in delivered[n]:
+                numbers[i] = n
+                delivered[n].add((e.queue, kind))
+                break
+    return numbers
+
+
+def _preview(body: bytes, size: int = 40) -> str:
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return f"<{len(body)} bytes>"
+    return text if len(text) <= size else text[: size - 1] + "…"
+
+
+def _queue_stats(management) -> dict[str, dict]:
+    stats = {}
+    for q in management.queues():
+        ms = q.get("message_stats") or {}
+        stats[q["name"]] = {"ack": ms.get("ack", 0), "deliver_get": ms.get("deliver_get", 0),
+                            "unacked": q.get("messages_unacknowledged") or 0}
+    return stats
+
+
+def _delta(now: dict, before: dict, queue: str) -> dict[str, int]:
+    a, b = now.get(queue, {}), before.get(queue, {})
+    return {k: a.get(k, 0) - b.get(k, 0) for k in ("ack", "deliver_get")}
+
+
+def trace(curso, **options) -> Trace:
+    """A Trace to use as a context manager: `with trace(curso) as t: ...` then `t.table()`."""
+    return Trace(curso, **options)
+
+
+# drawing ----------------------------------------------------------------------------------
+_STYLE = {"publicada": (">", PUBLISH_COLOR), "entregue": ("o", DELIVER_COLOR),
+          "reentregue": ("o", REDELIVER_COLOR), "entregue (dead-letter)": ("X", DEAD_COLOR)}
+
+
+def plot_trace(table: pd.DataFrame, x: str = "ordem",
+               title: str = "Rastreamento: quem recebeu cada mensagem") -> Figure:
+    """Timeline of a trace table: publishes on their exchange's lane, deliveries on their
+    queue's lane, a grey line from each publish to the deliveries of the same message.
+
+    x="ordem" spaces events evenly in the order the broker traced them (readable when many
+    happen within a millisecond); x="tempo" uses the milliseconds since the trace started.
+    """
+    lanes = _lanes(table)
+    rows = table.reset_index(drop=True)
+    rows = rows.assign(lane=[_lane_of(r) for _, r in rows.iterrows()],
+                       x=rows["t_ms"] if x == "tempo" else rows.index.to_series())
+    y = {lane: i for i, lane in enumerate(lanes)}
+    width = min(18.0, max(8.0, 0.5 * len(rows) + 3)) if x != "tempo" else 10.0
+    fig = new_figure(width, max(2.5, 0.65 * len(lanes) + 1.5))
+    ax = fig.add_subplot()
+    first = rows[rows["evento"] == "publicada"].drop_duplicates("mensagem").set_index("mensagem")
+    for _, r in rows[rows["evento"] != "publicada"].iterrows():
+        if r["mensagem"] in first.index:
+            p = first.loc[r["mensagem"]]
+            ax.plot([p["x"], r["x"]], [y[p["lane"]], y[r["lane"]]], color="#BBBBBB", lw=0.8, zorder=1)
+    for event, (marker, color) in _STYLE.items():
+        part = rows[rows["evento"] == event]
+        ax.scatter(part["x"], [y[lane] for lane in part["lane"]], marker=marker, color=color,
+                   s=60, zorder=3, label=event)
+    if len(rows) <= 60:
+        for _, r in rows.iterrows():
+            ax.annotate(r["mensagem"], (r["x"], y[r["lane"]]), xytext=(0, 7), textcoords="offset points",
+                        ha="center", fontsize=8, color="#222222")
+            if r["consumidor"]:
+                ax.annotate(r["consumidor"].replace(" (canal 1)", ""), (r["x"], y[r["lane"]]),
+                            xytext=(0, -13), textcoords="offset points", ha="center", fontsize=7,
+                            color="#555555")
+    ax.set_yticks(range(len(lanes)), lanes)
+    ax.set_ylim(len(lanes) - 0.4, -0.6)
+    ax.set_xlabel("tempo desde o início do rastreamento (ms)" if x == "tempo" else "ordem dos eventos no broker")
+    if x != "tempo":
+        ax.set_xticks([])
+        ax.set_xlim(-0.8, max(len(rows) - 0.2, 0.8))
+    ax.grid(axis="x", color="#EEEEEE")
+    handles = [Line2D([], [], marker=m, color=c, ls="", label=e) for e, (m, c) in _STYLE.items()]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    ax.set_title(title, fontsize=11)
+    if table.empty:
+        ax.text(0.5, 0.5, "(nada foi rastreado)", transform=ax.transAxes, ha="center")
+    return fig
+
+
+def _lane_of(row) -> str:
+    return f"exchange {row['exchange']}" if row["evento"] == "publicada" else f"fila {row['fila']}"
+
+
+def _lanes(table: pd.DataFrame) -> list[str]:
+    exchanges = [f"exchange {x}" for x in dict.fromkeys(table.loc[table["evento"] == "publicada", "exchange"])]
+    queues = [f"fila {q}" for q in dict.fromkeys(table.loc[table["evento"] != "publicada", "fila"])]
+    return exchanges + queues
