@@ -164,6 +164,15 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def _parent_death_signal() -> None:
+    """In the child: get SIGTERM when the parent dies (the server script then stops the node)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -184,6 +193,7 @@ class NativeNode:
     extra_config: tuple[str, ...] = ()
     cookie: str | None = None  # nodes of one cluster share a cookie
     advanced_config: str = FAST_STATS  # Erlang terms for settings rabbitmq.conf cannot express
+    die_with_parent: bool = False  # Linux: stop the node when the process that started it dies
     host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
@@ -313,6 +323,7 @@ class NativeNode:
             self._proc = subprocess.Popen(
                 [str(server)], env=self.env(), cwd=self.base_dir, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_parent_death_signal if self.die_with_parent else None,
             )
         self.wait(timeout)
 

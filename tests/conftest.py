@@ -29,6 +29,7 @@ def course_broker():
 @pytest.fixture
 def spare_node(tmp_path):
     """A native node (not started) on free ports in a temporary folder; stopped afterwards."""
-    node = NativeNode(tmp_path / "node", name=f"teste{os.getpid()}", ports=Ports.offset(free_offset()))
+    node = NativeNode(tmp_path / "node", name=f"teste{os.getpid()}", ports=Ports.offset(free_offset()),
+                      die_with_parent=True)
     yield node
     node.stop()

@@ -217,7 +217,7 @@ def judge_cell(code_index: int, run: NotebookRun, verdict: dict | None, options:
         ename, evalue = outcome.error
         if "Timeout of" in outcome.message:
             return "timeout", f"a célula passou de {options.cell_timeout:.0f} s"
-        if "Kernel dead" in outcome.message or "DeadKernelError" in outcome.message or ename == "DeadKernelError":
+        if "Kernel dead" in outcome.message or "DeadKernelError" in outcome.message:
             return "error", "o kernel morreu antes desta verificação (os._exit, falta de memória ou travamento)"
         if ename == "AssertionError":
             return "failed", evalue
@@ -236,7 +236,8 @@ def judge_cell(code_index: int, run: NotebookRun, verdict: dict | None, options:
 def score(job: Job, rebuilt: Rebuilt, run: NotebookRun, verdicts: dict[int, dict], forged: int,
           options: GradeOptions) -> list[ExerciseResult]:
     answer_timeouts = {ex for i, ex in rebuilt.answer_cells.items()
-                       if i in run.cells and "Timeout of" in run.cells[i].message}
+                       if i in run.cells and "Timeout of" in run.cells[i].message
+                       and "DeadKernelError" not in run.cells[i].message}
     results = []
     rank = {s: i for i, s in enumerate(("passed", "failed", "error", "timeout", "missing", "invalid"))}
     for exercise, max_points in job.canonical.exercises.items():

@@ -39,7 +39,7 @@ class GradingBroker:
         self.node = NativeNode(self.base_dir / "node", name=f"cursograde{secrets.token_hex(3)}",
                                ports=Ports.offset(free_offset()),
                                default_user=("grader-admin", self._admin_password),
-                               extra_config=("loopback_users = none",))
+                               extra_config=("loopback_users = none",), die_with_parent=True)
         self.admin: Management | None = None
         self._lock = threading.Lock()
 

@@ -17,6 +17,8 @@ import hashlib
 import hmac
 import json
 import os
+import time
+from queue import Empty
 
 import pytest
 
@@ -79,8 +81,19 @@ def _patch_reply_capture() -> None:
         return
 
     def await_reply(self, msg_id, timeout=None):
+        # As nbval's, plus: remember the reply, and notice a dead kernel within a second
+        # instead of waiting out the cell timeout.
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
         while True:
-            msg = self.get_message(stream="shell", timeout=timeout)
+            wait = 1.0 if deadline is None else max(0.01, min(1.0, deadline - time.monotonic()))
+            try:
+                msg = self.get_message(stream="shell", timeout=wait)
+            except Empty:
+                if not self.is_alive():
+                    raise RuntimeError("Kernel died while executing the cell (DeadKernelError)")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                continue
             if msg["parent_header"].get("msg_id") == msg_id:
                 self.curso_last_reply = msg["content"]
                 if msg["content"]["status"] == "aborted":

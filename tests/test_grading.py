@@ -1,0 +1,135 @@
+"""`curso grade` end to end on a class of fixture submissions (tests/fixtures/submissions.py): each
+bad input gets a status and a reason, none crashes the run or touches another student's result;
+solutions get full marks, blank exercises zero; re-runs skip what is done; a killed run keeps
+what it finished."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from course_utils.grading.gradebroker import GradingBroker
+from course_utils.grading.grade import GradeOptions, grade
+
+from fixtures import submissions as fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def rows_by(out: Path) -> dict[tuple[str, str], dict]:
+    rows = {}
+    for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        rows[(row["student"], row["exercise"])] = row
+    return rows
+
+
+@pytest.fixture(scope="module")
+def class_run(tmp_path_factory, course_broker):
+    base = tmp_path_factory.mktemp("turma")
+    subs, out = base / "entregas", base / "resultados"
+    subs.mkdir()
+    expected = fixture.build(subs)
+    summary = grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises",
+                                 workers=2, cell_timeout=20, timeout=300, progress=False))
+    return subs, out, expected, summary
+
+
+def test_every_bad_input_gets_its_status(class_run):
+    _, out, expected, _ = class_run
+    rows = rows_by(out)
+    got = {(student, ex): rows[(student, ex)]["status"] for student, exs in expected.items() for ex in exs}
+    want = {(student, ex): status for student, exs in expected.items() for ex, status in exs.items()}
+    assert got == want
+    for (student, ex), status in want.items():
+        if status != "passed":
+            assert rows[(student, ex)]["reason"], f"{student} {ex}: a {status} needs a reason"
+
+
+def test_reasons_say_what_happened(class_run):
+    _, out, _, _ = class_run
+    rows = rows_by(out)
+    assert "não é um caderno" in rows[("json_quebrado", "2.1")]["reason"]
+    assert "outro capítulo" in rows[("outro_capitulo", "2.1")]["reason"]
+    assert "passou de 20 s" in rows[("trava", "2.1")]["reason"]
+    assert "kernel morreu" in rows[("os_exit", "2.2")]["reason"]
+    assert "conferido pelo corretor" in rows[("trapaca_verificar", "2.1")]["reason"]
+    assert "não entregue" in rows[("nao_entregou", "2.1")]["reason"]
+
+
+def test_solutions_get_full_marks_and_blank_gets_zero(class_run):
+    _, out, _, summary = class_run
+    with open(out / "grades.csv", newline="") as f:
+        grades = {row["student"]: row for row in csv.DictReader(f)}
+    assert float(grades["perfeito"]["total"]) == float(grades["perfeito"]["max"]) == 5.0
+    assert float(grades["zipado"]["total"]) == 5.0
+    assert float(grades["em_branco"]["total"]) == 0.0
+    for cheat in ("check_editado", "nbval_skip", "trapaca_verificar", "trapaca_traceback"):
+        assert float(grades[cheat]["total"]) == 0.0, cheat
+    assert float(grades["fuga"]["total"]) == 4.0  # lost 2.1 (every escape refused), nothing else
+
+
+def test_outputs_are_written(class_run):
+    _, out, expected, summary = class_run
+    assert (out / "summary.png").stat().st_size > 1000
+    for student in expected:
+        text = (out / "feedback" / f"{student}.md").read_text(encoding="utf-8")
+        assert text.startswith(f"# Correção — {student}")
+    assert "Exercício 2.2" in (out / "feedback" / "trapaca_verificar.md").read_text(encoding="utf-8")
+    assert "perfeito" in summary.table()
+
+
+def test_grading_broker_is_locked_down(course_broker):
+    with GradingBroker() as broker:
+        users = {u["name"] for u in broker.admin.users()}
+        assert "guest" not in users and users == {"grader-admin"}
+        assert "default_pass" not in (broker.node.base_dir / "rabbitmq.conf").read_text()
+        space = broker.space("teste")
+        perms = broker.admin.get(f"users/{space.user}/permissions")
+        assert [p["vhost"] for p in perms] == [space.vhost]
+        broker.drop(space)
+        assert space.user not in {u["name"] for u in broker.admin.users()}
+        assert space.vhost not in {v["name"] for v in broker.admin.vhosts()}
+
+
+def test_rerun_skips_and_force_regrades(tmp_path, course_broker):
+    subs, out = tmp_path / "entregas", tmp_path / "resultados"
+    (subs / "um").mkdir(parents=True)
+    (subs / "um" / fixture.NAME).write_bytes((ROOT / "exercises" / fixture.NAME).read_bytes())
+    options = GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", progress=False)
+    first = grade(options)
+    assert (first.graded, first.skipped) == (1, 0)
+    again = grade(options)
+    assert (again.graded, again.skipped) == (0, 1)
+    options.force = True
+    forced = grade(options)
+    assert (forced.graded, forced.skipped) == (1, 0)
+
+
+def test_killed_run_keeps_finished_results(tmp_path, course_broker):
+    subs, out = tmp_path / "entregas", tmp_path / "resultados"
+    for student in ("a1", "a2", "a3"):
+        (subs / student).mkdir(parents=True)
+        (subs / student / fixture.NAME).write_bytes((ROOT / "solutions" / fixture.NAME).read_bytes())
+    cmd = [sys.executable, "-m", "course_utils.cli", "grade", str(subs), "--out", str(out),
+           "--exercises", str(ROOT / "exercises"), "--no-progress"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (results.exists() and results.read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {json.loads(line)["student"] for line in results.read_text().splitlines()}
+    assert finished and len(finished) < 3, "the kill should land mid-run"
+    resumed = grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", progress=False))
+    assert resumed.skipped == len(finished) and resumed.graded == 3 - len(finished)
+    assert list(resumed.grades["total"]) == [5.0, 5.0, 5.0]
