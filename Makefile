@@ -1,5 +1,6 @@
 # Two commands on a fresh machine:
-#   make lab    virtual env + package + RabbitMQ (if missing) + broker up + JupyterLab on notebooks/
+#   make lab    virtual env + package + RabbitMQ (if missing) + broker up + JupyterLab opened on
+#               notebooks/ (the whole course folder is browsable, exercises/ included)
 #   make test   the same set-up, then the whole test suite against the live broker
 # Both are idempotent. Variables: PYTHON (default python3), VENV (default .venv),
 # LAB_ARGS (extra JupyterLab flags, e.g. LAB_ARGS=--no-browser), PYTEST_ARGS.
@@ -35,7 +36,7 @@ broker-up: setup
 	$(BIN)/curso broker up
 
 lab: broker-up
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG) $(LAB_ARGS)
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --ServerApp.default_url=/lab/tree/notebooks $(ROOT_FLAG) $(LAB_ARGS)
 
 test: broker-up
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
