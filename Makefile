@@ -36,7 +36,7 @@ broker-up: setup
 	$(BIN)/curso broker up
 
 lab: broker-up
-	$(BIN)/jupyter lab --ServerApp.root_dir=. --ServerApp.default_url=/lab/tree/notebooks $(ROOT_FLAG) $(LAB_ARGS)
+	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks $(ROOT_FLAG) $(LAB_ARGS)
 
 test: broker-up
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

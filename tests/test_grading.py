@@ -133,3 +133,19 @@ def test_killed_run_keeps_finished_results(tmp_path, course_broker):
     resumed = grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", progress=False))
     assert resumed.skipped == len(finished) and resumed.graded == 3 - len(finished)
     assert list(resumed.grades["total"]) == [5.0, 5.0, 5.0]
+
+
+def test_committed_solutions_full_marks_and_exercises_zero_for_every_chapter(tmp_path, course_broker):
+    subs, out = tmp_path / "entregas", tmp_path / "resultados"
+    for student, folder in (("solucoes", "solutions"), ("exercicios", "exercises")):
+        (subs / student).mkdir(parents=True)
+        for path in (ROOT / folder).glob("*.ipynb"):
+            (subs / student / path.name).write_bytes(path.read_bytes())
+    summary = grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises",
+                                 workers=2, progress=False))
+    grades = summary.grades.set_index("student")
+    rows = rows_by(out)
+    failing = {k: (r["status"], r["reason"]) for k, r in rows.items() if k[0] == "solucoes" and r["status"] != "passed"}
+    assert not failing, failing
+    assert grades.loc["solucoes", "total"] == grades.loc["solucoes", "max"] > 0
+    assert grades.loc["exercicios", "total"] == 0
