@@ -4,6 +4,7 @@ kernel) catches every fault that shows in the broker."""
 from __future__ import annotations
 
 import gc
+import os
 import importlib.util
 import shutil
 from pathlib import Path
@@ -55,7 +56,7 @@ def answer_source(exercise: str) -> str:
 
 @pytest.fixture
 def sandbox(course_broker):
-    curso = setup("teste-exercicios")
+    curso = setup(f"teste-exercicios-{os.getpid()}")
     yield curso
     for leaked in [o for o in gc.get_objects() if isinstance(o, pika.BlockingConnection) and o.is_open]:
         leaked.close()
