@@ -202,7 +202,7 @@ def _add_consumers(graph: TopologyGraph, management) -> None:
         queue = ("queue", c["queue"]["name"])
         if queue not in graph:
             continue
-        details = c.get("channel_details", {})
+        details = c.get("channel_details") or {}  # the API briefly shows [] for a new consumer
         who = names.get(details.get("connection_name"), details.get("connection_name", "?"))
         name = f"{who} (canal {details.get('number', '?')})"
         graph.add_node(("consumer", name), kind="consumer", name=name, label=name,

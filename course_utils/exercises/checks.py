@@ -22,7 +22,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..errors import CourseError
+import pika.exceptions
+
+from ..errors import CourseError, StrictModeError
 
 _REGISTRY: dict[str, type["Exercise"]] = {}
 
@@ -80,8 +82,16 @@ class CheckContext:
         try:
             with time_limit(self.call_timeout, name):
                 return fn(*args, **kwargs)
-        except NotImplementedError as exc:
-            raise AssertionError(f"`{name}` ainda não foi implementada: {exc}") from None
+        except NotImplementedError:
+            raise AssertionError(f"`{name}` ainda não foi implementada: escreva o corpo da função na "
+                                 f"célula de resposta (no lugar do raise NotImplementedError).") from None
+        except StrictModeError as exc:
+            raise AssertionError(f"`{name}` declarou algo que o RabbitMQ 4.x recusa: {exc}") from None
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise AssertionError(f"Durante `{name}` o broker fechou o canal: {exc.reply_code} "
+                                 f"{exc.reply_text}") from None
+        except pika.exceptions.AMQPError as exc:
+            raise AssertionError(f"Durante `{name}` a conexão com o broker falhou: {exc!r}") from None
 
     # the broker ------------------------------------------------------------------------
     def queue(self, name: str) -> dict | None:
