@@ -38,7 +38,7 @@ def class_run(tmp_path_factory, course_broker):
     subs, out = base / "entregas", base / "resultados"
     subs.mkdir()
     expected = fixture.build(subs)
-    summary = grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises",
+    summary = grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", only=("02",),
                                  workers=2, cell_timeout=20, timeout=300, progress=False))
     return subs, out, expected, summary
 
@@ -104,7 +104,8 @@ def test_rerun_skips_and_force_regrades(tmp_path, course_broker):
     subs, out = tmp_path / "entregas", tmp_path / "resultados"
     (subs / "um").mkdir(parents=True)
     (subs / "um" / fixture.NAME).write_bytes((ROOT / "exercises" / fixture.NAME).read_bytes())
-    options = GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", progress=False)
+    options = GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", only=("02",),
+                           progress=False)
     first = grade(options)
     assert (first.graded, first.skipped) == (1, 0)
     again = grade(options)
@@ -120,7 +121,7 @@ def test_killed_run_keeps_finished_results(tmp_path, course_broker):
         (subs / student).mkdir(parents=True)
         (subs / student / fixture.NAME).write_bytes((ROOT / "solutions" / fixture.NAME).read_bytes())
     cmd = [sys.executable, "-m", "course_utils.cli", "grade", str(subs), "--out", str(out),
-           "--exercises", str(ROOT / "exercises"), "--no-progress"]
+           "--exercises", str(ROOT / "exercises"), "--only", "02", "--no-progress"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = out / "results.jsonl"
     deadline = time.monotonic() + 180
@@ -130,7 +131,8 @@ def test_killed_run_keeps_finished_results(tmp_path, course_broker):
     proc.wait()
     finished = {json.loads(line)["student"] for line in results.read_text().splitlines()}
     assert finished and len(finished) < 3, "the kill should land mid-run"
-    resumed = grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", progress=False))
+    resumed = grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", only=("02",),
+                                 progress=False))
     assert resumed.skipped == len(finished) and resumed.graded == 3 - len(finished)
     assert list(resumed.grades["total"]) == [5.0, 5.0, 5.0]
 

@@ -110,7 +110,7 @@ def _ctx():
         from ..exercises.checks import CheckContext
         from ..sandbox import setup
 
-        _context = CheckContext(setup("grader-side", reset=False), None, stats_wait=3.0)
+        _context = CheckContext(setup("grader-side", reset=False), None, stats_wait=6.0)
     return _context
 
 
