@@ -15,6 +15,20 @@ from .management import Management
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,40}$")
 
 
+def course_params(url: str, connection_name: str, **overrides) -> pika.URLParameters:
+    """pika parameters as the course uses them: bounded retries and timeouts, a connection name
+    the management API shows; keyword arguments set attributes (heartbeat=30, ...)."""
+    params = pika.URLParameters(url)
+    params.connection_attempts = 3
+    params.retry_delay = 0.5
+    params.socket_timeout = 5
+    params.blocked_connection_timeout = 30
+    params.client_properties = {"connection_name": connection_name}
+    for key, value in overrides.items():
+        setattr(params, key, value)
+    return params
+
+
 class Chapter:
     """Handle for one chapter's vhost. Create it with `setup()`."""
 
@@ -36,15 +50,7 @@ class Chapter:
 
     def params(self, **overrides) -> pika.URLParameters:
         """Connection parameters for pika; keyword arguments set attributes (heartbeat=30, ...)."""
-        params = pika.URLParameters(self.url)
-        params.connection_attempts = 3
-        params.retry_delay = 0.5
-        params.socket_timeout = 5
-        params.blocked_connection_timeout = 30
-        params.client_properties = {"connection_name": f"curso {self.name}"}
-        for key, value in overrides.items():
-            setattr(params, key, value)
-        return params
+        return course_params(self.url, f"curso {self.name}", **overrides)
 
     def connect(self, **overrides) -> pika.BlockingConnection:
         """A BlockingConnection to this vhost; `cleanup()` closes any still open."""

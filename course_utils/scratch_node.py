@@ -39,6 +39,7 @@ import pika
 from .errors import CourseError
 from .management import Management
 from .native import NativeNode, Ports, find_server, free_offset, pid_alive
+from .sandbox import course_params
 
 PREFIX = "curso-descartavel-"
 _counter = itertools.count(1)
@@ -111,15 +112,7 @@ class ScratchNode:
 
     def params(self, **overrides) -> pika.URLParameters:
         """pika connection parameters for the node (guest/guest, vhost '/')."""
-        params = pika.URLParameters(self.url)
-        params.connection_attempts = 3
-        params.retry_delay = 0.5
-        params.socket_timeout = 5
-        params.blocked_connection_timeout = 30
-        params.client_properties = {"connection_name": "curso nó descartável"}
-        for key, value in overrides.items():
-            setattr(params, key, value)
-        return params
+        return course_params(self.url, "curso nó descartável", **overrides)
 
     def connect(self, **overrides) -> pika.BlockingConnection:
         """A BlockingConnection to the node; `close()` closes any still open."""

@@ -17,7 +17,7 @@ import pika.exceptions
 
 from ..errors import CourseError
 from ..management import ManagementError
-from .checks import CheckContext, Exercise, expect
+from .checks import CheckContext, Exercise, close_quietly, expect
 
 
 @contextlib.contextmanager
@@ -34,11 +34,7 @@ def _learner_channel(ctx: CheckContext, what: str):
     except pika.exceptions.AMQPError as exc:
         raise AssertionError(f"{what} falhou com {exc.__class__.__name__}: {exc}") from None
     finally:
-        if connection.is_open:
-            try:
-                connection.close()
-            except Exception:  # a call interrupted mid-frame may leave the connection broken
-                pass
+        close_quietly(connection)
 
 
 def _exchange(ctx: CheckContext, name: str) -> dict | None:

@@ -5,7 +5,7 @@ import gc
 
 import pika
 
-from .checks import CheckContext, Exercise, expect
+from .checks import CheckContext, Exercise, close_quietly, expect
 
 PERSISTENT = "use properties=pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)"
 
@@ -68,11 +68,7 @@ class Receber(Exercise):
         finally:
             # Closing the connection returns whatever receber() took but did not ack; only then
             # does the queue show what receber() really consumed.
-            if connection.is_open:
-                try:
-                    connection.close()
-                except Exception:  # a learner's call interrupted mid-frame may leave it broken
-                    pass
+            close_quietly(connection)
         expect(isinstance(result, list), f"receber() deveria devolver uma lista, devolveu {type(result).__name__}.")
         expect(all(isinstance(x, str) for x in result),
                "receber() deveria devolver textos (str): use body.decode() em cada mensagem.")

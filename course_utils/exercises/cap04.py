@@ -18,7 +18,7 @@ from urllib.parse import quote
 import pika
 
 from ..management import ManagementError
-from .checks import CheckContext, Exercise, expect
+from .checks import CheckContext, Exercise, close_quietly, expect
 
 PERSISTENT = "properties=pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)"
 COUNTERS = ("publish", "confirm", "return_unroutable", "drop_unroutable")
@@ -86,12 +86,6 @@ def _call(ctx: CheckContext, name: str, *args, advice: dict | None = None) -> An
         raise AssertionError(f"`{name}` levantou {type(exc).__name__}: {exc}. {extra}".rstrip()) from None
 
 
-def _close(connection) -> None:
-    if connection.is_open:
-        try:
-            connection.close()
-        except Exception:  # a learner's call interrupted mid-frame may leave it broken
-            pass
 
 
 def _delete_exchange(ctx: CheckContext, name: str) -> None:
@@ -145,7 +139,7 @@ class PublicarSeguro(Exercise):
                     pika.exceptions.NackError: "Capture-a (try/except) e devolva 'recusada'.",
                 }))
         finally:
-            _close(connection)
+            close_quietly(connection)
         for (key, body, wanted), got in zip(self.cases, results):
             expect(got == wanted,
                    f"publicar_seguro(channel, '{self.exchange}', '{key}', '{body}') devolveu {got!r}; "
@@ -213,7 +207,7 @@ class EventoJson(Exercise):
                 _call(ctx, "publicar_evento", channel, json.loads(json.dumps(evento)))
             got = _call(ctx, "ler_evento", channel)
         finally:
-            _close(connection)
+            close_quietly(connection)
         first = self.events[0]
         expect(not isinstance(got, (bytes, str)),
                f"ler_evento devolveu {type(got).__name__}; esperava um dict: decodifique o corpo com "
@@ -296,7 +290,7 @@ class SobreviverReinicio(Exercise):
             _call(ctx, "registrar_notas", channel, [dict(n) for n in self.notas])
         finally:
             # The service stops: whatever lived only as long as its connection goes with it.
-            _close(connection)
+            close_quietly(connection)
 
     def verify(self, ctx: CheckContext) -> None:
         n = len(self.notas)

@@ -15,7 +15,7 @@ from collections import Counter
 import pika
 import pika.exceptions
 
-from .checks import CheckContext, Exercise, expect
+from .checks import CheckContext, Exercise, close_quietly, expect
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 MANUAL_ACK = ("Use auto_ack=False (o padrão) e confirme cada mensagem depois de processá-la com "
@@ -36,12 +36,6 @@ def _open_connections() -> set[int]:
     return {id(o) for o in gc.get_objects() if isinstance(o, pika.BlockingConnection) and o.is_open}
 
 
-def _close(connection) -> None:
-    if connection is not None and connection.is_open:
-        try:
-            connection.close()
-        except Exception:  # a learner's call interrupted mid-frame may leave it broken
-            pass
 
 
 def _amqp_hint(name: str, exc: Exception) -> str:
@@ -115,7 +109,7 @@ class PedidosValidos(Exercise):
         finally:
             # Closing returns whatever was delivered and not settled: only then does the queue show
             # what processar_pedidos() really did.
-            _close(connection)
+            close_quietly(connection)
         expect(isinstance(result, list),
                f"processar_pedidos() deveria devolver uma lista, devolveu {type(result).__name__}.")
         expect(result == self.valid,
@@ -209,7 +203,7 @@ class EmParalelo(Exercise):
             for body in self.bodies:
                 channel.basic_publish(exchange="", routing_key=self.queue, body=body, properties=PERSISTENT)
         finally:
-            _close(connection)
+            close_quietly(connection)
         recorder = _Recorder(self.work_seconds)
         threads_before = set(threading.enumerate())
         connections_before = _open_connections()
@@ -339,7 +333,7 @@ class SegundaChance(Exercise):
                 channel.basic_publish(exchange="", routing_key=self.queue, body=body, properties=PERSISTENT)
             result = _call(ctx, "processar_pagamentos", channel, self.queue, cobrar)
         finally:
-            _close(connection)
+            close_quietly(connection)
         attempts = dict(cobrar.attempts)
         expect(attempts, "cobrar nunca foi chamada: consuma as mensagens da fila e chame cobrar(corpo) "
                          "para cada uma.")

@@ -120,6 +120,15 @@ class CheckContext:
         return [m.get("payload", "") for m in self.management.peek(queue, count)]
 
 
+def close_quietly(connection) -> None:
+    """Close a check's connection; one a learner's call left broken mid-frame may refuse."""
+    if connection is not None and connection.is_open:
+        try:
+            connection.close()
+        except Exception:  # noqa: BLE001 - best effort, the broker drops it anyway
+            pass
+
+
 def expect(condition: Any, hint: str) -> None:
     """Fail the check with a hint the learner can act on."""
     if not condition:
