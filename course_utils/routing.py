@@ -29,7 +29,7 @@ Message = Union[str, dict, tuple]
 PROBE_PREFIX = "curso-sonda"
 
 
-def _as_message(message: Message) -> tuple[str, str, dict | None]:
+def as_message(message: Message) -> tuple[str, str, dict | None]:
     """(label, routing_key, headers) of a routing key, a header dict or a (key, headers) pair."""
     if isinstance(message, str):
         return (message if message else '""'), message, None
@@ -126,7 +126,7 @@ def routing_table(curso, exchange: str, messages: Iterable[Message], queues: lis
     - show: draw the heat-map in the notebook.
     The queues must have no consumers while it runs (they would take the messages first).
     """
-    items = [_as_message(m) for m in messages]
+    items = [as_message(m) for m in messages]
     info = exchange_info(curso, exchange)
     if info.get("internal"):
         raise CourseError(f"A exchange {exchange!r} é interna (internal=True): clientes não podem "

@@ -29,7 +29,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import tempfile
 import time
 from pathlib import Path
@@ -144,22 +143,7 @@ class ScratchNode:
 
     def kill(self) -> bool:
         """SIGKILL the node's Erlang VM: it dies at once, as in a crash. False if not running."""
-        pid = self.node.pid()
-        if pid is None or not pid_alive(pid):
-            return False
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        # The server script that started the VM exits with it: reap it, forget the pid file.
-        proc = getattr(self.node, "_proc", None)
-        if proc is not None:
-            try:
-                proc.wait(5)
-            except Exception:
-                pass
-        self.node.pid_file.unlink(missing_ok=True)
-        return True
+        return self.node.kill()
 
     def restart(self, kill: bool = False, timeout: float = 60.0) -> float:
         """Stop the node and start it again on the same data; returns the seconds it took.

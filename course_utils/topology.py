@@ -316,3 +316,16 @@ def show_topology(curso, **options) -> TopologyGraph:
     graph = topology_graph(curso, **options)
     display_figure(plot_topology(graph))
     return graph
+
+
+def show_topology_part(curso, exchanges, queues, producer: str | None = GENERIC_PRODUCER,
+                       title: str | None = None) -> TopologyGraph:
+    """Draw only some exchanges and queues of the vhost (it may hold others), with one producer
+    publishing to those exchanges (None: no producer); show it in a notebook and return that part."""
+    exchanges, queues = list(exchanges), list(queues)
+    graph = topology_graph(curso, producers={producer: exchanges} if producer else False, consumers=False)
+    keep = ({("exchange", e) for e in exchanges} | {("queue", q) for q in queues}
+            | ({("producer", producer)} if producer else set()))
+    part = graph.subgraph(n for n in graph.nodes if n in keep).copy()
+    display_figure(plot_topology(part, title=title))
+    return part

@@ -31,7 +31,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from urllib.parse import quote
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -104,28 +103,18 @@ def _event(method, properties, body: bytes, t_ms: float) -> TraceEvent:
 
 # the firehose switch ------------------------------------------------------------------------
 def _set_tracing(management, vhost: str, on: bool) -> None:
-    """PUT the vhost with tracing on/off, keeping its description, tags and default queue type."""
-    info = management.get(f"vhosts/{_q(vhost)}")
-    body = {"tracing": on, "description": info.get("description", ""),
-            "tags": ",".join(info.get("tags") or [])}
-    if info.get("default_queue_type") not in (None, "undefined"):
-        body["default_queue_type"] = info["default_queue_type"]
     try:
-        management.request("PUT", f"vhosts/{_q(vhost)}", json=body)
+        management.set_tracing(on, vhost)
     except CourseError as exc:  # 401/403 for users without the administrator tag
         raise CourseError(f"Não consegui ligar o rastreamento (firehose) no vhost {vhost!r}: o usuário "
                           "precisa da tag administrator. Sem ele, use channel.consume(...) e observe "
                           f"as filas. ({exc})") from exc
 
 
-def _q(name: str) -> str:
-    return quote(name, safe="")
-
-
 def _acquire_tracing(management, vhost: str) -> None:
     with _tracing_lock:
         if _tracing_users.get(vhost, 0) == 0:
-            _tracing_was_on[vhost] = bool(management.get(f"vhosts/{_q(vhost)}").get("tracing"))
+            _tracing_was_on[vhost] = bool((management.vhost_record(vhost) or {}).get("tracing"))
             if not _tracing_was_on[vhost]:
                 _set_tracing(management, vhost, True)
         _tracing_users[vhost] = _tracing_users.get(vhost, 0) + 1

@@ -20,7 +20,7 @@ import pika.exceptions
 
 from ._toolkit import display_figure, open_channel
 from .errors import CourseError
-from .routing import _as_message, plot_routing, routing_table
+from .routing import as_message, plot_routing, routing_table
 
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 PLACEHOLDERS = {
@@ -109,7 +109,7 @@ def play_routing(curso, exchange_type: str, bindings: dict[str, list], message: 
         raise CourseError(f"O broker recusou a configuração: {exc.reply_text}. (Uma fila com esse nome "
                           "já existe com outros argumentos? Escolha outro nome.)") from exc
     table = routing_table(curso, exchange, [message], queues=list(bindings), show=False)
-    row = table.iloc[0].rename(_as_message(message)[0])
+    row = table.iloc[0].rename(as_message(message)[0])
     row.attrs = dict(table.attrs)
     return row
 

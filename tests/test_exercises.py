@@ -1,11 +1,14 @@
 """The exercise pipeline: build/check, blank exercises fail every check, wrong answers fail theirs,
 solutions pass, and the broker-side half of each check (what the grader runs outside the learner's
-kernel) catches every fault that shows in the broker."""
+kernel) catches every fault that shows in the broker. Each answer is judged in one pass, as the
+grader does: what the learner is told and what the grader concludes come from the same run."""
 from __future__ import annotations
 
 import gc
-import os
 import importlib.util
+import itertools
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -15,10 +18,10 @@ import pytest
 
 from course_utils import setup
 from course_utils.cli import main as curso_main
-from course_utils.exercises import format as fmt
+from course_utils.exercises import metadata as fmt
 from course_utils.exercises.build import build_notebook
-from course_utils.exercises.checks import CheckContext, get_exercise, verificar
-from course_utils.exercises.runner import run_notebook
+from course_utils.exercises.checks import get_exercise, judge
+from course_utils.nbrun import run_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "wrong_answers"
@@ -34,14 +37,18 @@ def solution_path(chapter: str) -> Path:
 
 
 def wrong_answers() -> list[tuple]:
+    """Every fixture: (description, source, broker_visible[, hint pattern])."""
     cases = []
     for path in sorted(FIXTURES.glob("cap*.py")):
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         for exercise, entries in module.WRONG.items():
-            for description, source, broker_visible in entries:
-                cases.append(pytest.param(exercise, source, broker_visible, id=f"{exercise}-{description}"))
+            for entry in entries:
+                description, source, broker_visible, *hint = entry
+                cases.append(pytest.param(exercise, source, broker_visible, hint[0] if hint else None,
+                                          id=f"{exercise}-{description}",
+                                          marks=pytest.mark.chapter(chapter_of(exercise))))
     return cases
 
 
@@ -54,25 +61,21 @@ def answer_source(exercise: str) -> str:
     return next(c.source for c in nb.cells if fmt.role(c) == "answer" and fmt.exercise_id(c) == exercise)
 
 
+_SANDBOXES = itertools.count(1)
+
+
 @pytest.fixture
 def sandbox(course_broker):
-    curso = setup(f"teste-exercicios-{os.getpid()}")
+    """A vhost of its own for each test: statistics of a deleted vhost can reach a new one of the
+    same name for a while, and must not leak from one test into the next."""
+    curso = setup(f"teste-ex-{os.getpid()}-{next(_SANDBOXES)}")
     yield curso
     for leaked in [o for o in gc.get_objects() if isinstance(o, pika.BlockingConnection) and o.is_open]:
-        leaked.close()
+        try:
+            leaked.close()
+        except Exception:  # noqa: BLE001 - a connection a wrong answer broke
+            pass
     curso.cleanup(delete_vhost=True)
-
-
-def grader_view(exercise: str, curso, learner_ns: dict) -> None:
-    """What the grader does around a check cell: snapshot, the kernel's part, then verify outside."""
-    check = get_exercise(exercise)()
-    ctx = CheckContext(curso, learner_ns)
-    check.snapshot(ctx)
-    try:
-        check.run(ctx)
-    except AssertionError:
-        pass  # the kernel side may be faked by a hostile learner; the broker side must still judge
-    check.verify(CheckContext(curso, None))
 
 
 # --- format and build -------------------------------------------------------------------------
@@ -130,43 +133,46 @@ def test_malformed_solution_is_refused(tmp_path, capsys):
 
 # --- checks against the live broker ----------------------------------------------------------
 
-@pytest.mark.parametrize("exercise", all_exercises())
-def test_solution_passes_its_check(sandbox, exercise, capsys):
+@pytest.mark.parametrize("exercise", [pytest.param(e, marks=pytest.mark.chapter(chapter_of(e)))
+                                      for e in all_exercises()])
+def test_solution_passes_its_check(sandbox, exercise):
     ns = {"pika": pika, "curso": sandbox}
     exec(answer_source(exercise), ns)
-    verificar(exercise, sandbox, ns)
-    assert f"Exercício {exercise} certo" in capsys.readouterr().out
-    grader_view(exercise, sandbox, ns)
+    verdict = judge(exercise, sandbox, ns)
+    assert verdict.learner is None, f"the solution failed in the kernel: {verdict.learner}"
+    assert f"Exercício {exercise} certo" in verdict.output
+    assert verdict.grader is None, f"the solution failed the grader's broker-side verify: {verdict.grader}"
 
 
-@pytest.mark.parametrize("exercise,source,broker_visible", wrong_answers())
-def test_wrong_answer_fails_its_check(sandbox, exercise, source, broker_visible):
+@pytest.mark.parametrize("exercise,source,broker_visible,hint", wrong_answers())
+def test_wrong_answer_fails_its_check(sandbox, exercise, source, broker_visible, hint):
     ns = {"pika": pika, "curso": sandbox}
     exec(source, ns)
-    with pytest.raises(AssertionError, match=f"Exercício {exercise}: "):
-        verificar(exercise, sandbox, ns)
+    verdict = judge(exercise, sandbox, ns)
+    assert verdict.learner is not None, "the wrong answer passed verificar()"
+    message = str(verdict.learner)
+    assert message.startswith(f"Exercício {exercise}: "), message
+    if hint is not None:
+        assert re.search(hint, message, re.IGNORECASE | re.DOTALL), f"the hint does not name the cause: {message}"
     if broker_visible:
-        with pytest.raises(AssertionError):
-            grader_view(exercise, sandbox, ns)
+        assert verdict.grader is not None, "the broker-side verify (the grader's) accepted the wrong answer"
 
 
-@pytest.fixture(scope="module")
-def blank_runs(course_broker):
-    runs = {}
-    for path in SOLUTIONS:
-        exercise_nb = ROOT / "exercises" / path.name
-        runs[path.name] = (fmt.read(exercise_nb), run_notebook(exercise_nb, cell_timeout=60))
-    return runs
+CHAPTERS = sorted({chapter_of(e) for e in all_exercises()})
 
 
-@pytest.mark.parametrize("exercise", all_exercises())
-def test_blank_exercise_fails_its_check(blank_runs, exercise):
-    name = solution_path(chapter_of(exercise)).name
-    nb, run = blank_runs[name]
-    checks = [c for c in fmt.check_cells(nb) if c.exercise == exercise]
-    assert checks
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", [pytest.param(c, marks=pytest.mark.chapter(c)) for c in CHAPTERS])
+def test_blank_exercises_fail_every_check(course_broker, chapter):
+    name = solution_path(chapter).name
+    exercise_nb = ROOT / "exercises" / name
+    nb = fmt.read(exercise_nb)
+    run = run_notebook(exercise_nb, cell_timeout=60)
+    checks = fmt.check_cells(nb)
+    assert checks, f"{name}: no check cells"
     for check in checks:
-        outcome = run.cells[check.code_index]
-        assert outcome.status == "failed", f"{exercise}: the blank check cell did not fail"
-        assert outcome.error[0] == "AssertionError", f"{exercise}: failed with {outcome.error}, not a hint"
-        assert outcome.error[1].startswith(f"Exercício {exercise}: ")
+        outcome = run.cells.get(check.code_index)
+        assert outcome is not None, f"{check.exercise}: nbval did not run the check cell\n{run.output[-2000:]}"
+        assert outcome.status == "failed", f"{check.exercise}: the blank check cell did not fail"
+        assert outcome.error[0] == "AssertionError", f"{check.exercise}: failed with {outcome.error}, not a hint"
+        assert outcome.error[1].startswith(f"Exercício {check.exercise}: ")

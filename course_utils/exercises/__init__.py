@@ -2,6 +2,6 @@
 
 In an exercise notebook:  `from course_utils.exercises import verificar`, then `verificar("2.1", curso)`.
 """
-from .checks import CheckContext, Exercise, expect, get_exercise, verificar
+from .checks import CheckContext, Exercise, Verdict, expect, get_exercise, judge, verificar
 
-__all__ = ["verificar", "Exercise", "CheckContext", "expect", "get_exercise"]
+__all__ = ["verificar", "Exercise", "CheckContext", "expect", "get_exercise", "judge", "Verdict"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nbformat
 
-from . import format as fmt
+from . import metadata as fmt
 
 PLACEHOLDER = 'raise NotImplementedError("Exercício {id}: escreva sua resposta aqui (e apague esta linha).")'
 

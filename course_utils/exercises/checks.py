@@ -1,7 +1,7 @@
 """The check framework behind every exercise's check cell.
 
 A check cell holds one line, `verificar("2.2", curso)`. The exercise it names is a subclass of
-`Exercise` in `course_utils/exercises/capNN.py`, in three steps:
+`Exercise` in `course_utils/exercises/chapters/capNN.py`, in three steps:
 
     snapshot(ctx)  broker state before the learner's code runs (optional)
     run(ctx)       kernel side: calls the learner's functions, checks return values
@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import signal
-import threading
+import io
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
-import pika.exceptions
-
-from ..errors import CourseError, StrictModeError
+from ..errors import CourseError
+from . import kit, phrases
+from .kit import close_quietly  # noqa: F401 - part of the framework's surface
 
 _REGISTRY: dict[str, type["Exercise"]] = {}
 
@@ -41,7 +41,11 @@ class Exercise:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.id:
-            _REGISTRY[cls.id] = cls
+            known = _REGISTRY.get(cls.id)
+            if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+                raise CourseError(f"Two checks registered under exercise id {cls.id!r}: "
+                                  f"{known.__module__}.{known.__qualname__} and {cls.__module__}.{cls.__qualname__}")
+            _REGISTRY[cls.id] = cls  # the same class again: a module reloaded
 
     def snapshot(self, ctx: "CheckContext") -> None:
         """Record broker state before the learner's code runs (kept on self)."""
@@ -65,34 +69,18 @@ class CheckContext:
         if stats_wait is None:
             # Our own nodes refresh management stats every second, RabbitMQ's default is 5 s;
             # a busy machine (a grader with several workers) adds a few seconds to either.
-            stats_wait = 6.0 if curso.broker.kind == "native" else 10.0
+            stats_wait = 6.0 if curso.broker.kind in ("native", "rabbit4") else 10.0
         self.stats_wait = stats_wait
 
     # the learner's code -----------------------------------------------------------------
     def learner(self, name: str, what: str = "função") -> Any:
         if self.namespace is None or name not in self.namespace:
-            raise AssertionError(f"Não encontrei a {what} `{name}`. Escreva-a na célula de resposta "
-                                 f"acima e rode essa célula antes desta verificação.")
+            raise AssertionError(phrases.not_found(name, what))
         return self.namespace[name]
 
     def call(self, name: str, *args, **kwargs) -> Any:
-        """Call the learner's function `name`, turning 'not done yet' and hangs into hints."""
-        fn = self.learner(name)
-        if not callable(fn):
-            raise AssertionError(f"`{name}` deveria ser uma função, mas é {type(fn).__name__}.")
-        try:
-            with time_limit(self.call_timeout, name):
-                return fn(*args, **kwargs)
-        except NotImplementedError:
-            raise AssertionError(f"`{name}` ainda não foi implementada: escreva o corpo da função na "
-                                 f"célula de resposta (no lugar do raise NotImplementedError).") from None
-        except StrictModeError as exc:
-            raise AssertionError(f"`{name}` declarou algo que o RabbitMQ 4.x recusa: {exc}") from None
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            raise AssertionError(f"Durante `{name}` o broker fechou o canal: {exc.reply_code} "
-                                 f"{exc.reply_text}") from None
-        except pika.exceptions.AMQPError as exc:
-            raise AssertionError(f"Durante `{name}` a conexão com o broker falhou: {exc!r}") from None
+        """Call the learner's function `name` within the time limit (see `kit.call`)."""
+        return kit.call(self, name, *args, **kwargs)
 
     # the broker ------------------------------------------------------------------------
     def queue(self, name: str) -> dict | None:
@@ -120,54 +108,18 @@ class CheckContext:
         return [m.get("payload", "") for m in self.management.peek(queue, count)]
 
 
-def close_quietly(connection) -> None:
-    """Close a check's connection; one a learner's call left broken mid-frame may refuse."""
-    if connection is not None and connection.is_open:
-        try:
-            connection.close()
-        except Exception:  # noqa: BLE001 - best effort, the broker drops it anyway
-            pass
-
-
 def expect(condition: Any, hint: str) -> None:
     """Fail the check with a hint the learner can act on."""
     if not condition:
         raise AssertionError(hint)
 
 
-@contextlib.contextmanager
-def time_limit(seconds: float, what: str):
-    """Interrupt a learner's call that runs too long (main thread on Unix; elsewhere no limit)."""
-    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-    if not usable or seconds <= 0:
-        yield
-        return
-
-    def on_alarm(signum, frame):
-        raise TimeoutError(what)
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    except TimeoutError as exc:
-        if str(exc) != what:
-            raise
-        raise AssertionError(
-            f"`{what}` não terminou em {seconds:.0f} s. Um consumidor que usa start_consuming() ou "
-            f"consume() sem inactivity_timeout espera mensagens para sempre: pare depois de receber "
-            f"o que precisa ou use um tempo limite.") from None
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def get_exercise(exercise_id: str) -> type[Exercise]:
-    """The Exercise class for '2.1', importing course_utils.exercises.capNN on demand."""
+    """The Exercise class for '2.1', importing course_utils.exercises.chapters.capNN on demand."""
     if exercise_id not in _REGISTRY:
         chapter = exercise_id.split(".", 1)[0]
         try:
-            importlib.import_module(f"course_utils.exercises.cap{int(chapter):02d}")
+            importlib.import_module(f"course_utils.exercises.chapters.cap{int(chapter):02d}")
         except (ImportError, ValueError):
             pass
     if exercise_id not in _REGISTRY:
@@ -199,3 +151,37 @@ def verificar(exercise_id: str, curso, namespace: dict | None = None) -> None:
     except AssertionError as exc:
         raise AssertionError(f"Exercício {exercise_id}: {exc}") from None
     print(f"✅ Exercício {exercise_id} certo!" + (f" {exercise.title}" if exercise.title else ""))
+
+
+@dataclass
+class Verdict:
+    """One check cell judged as the grader judges it."""
+    learner: AssertionError | None  # what verificar() told the learner, in the kernel
+    grader: AssertionError | None   # what the broker-side verify concluded from outside the kernel
+    output: str                     # what verificar() printed
+
+    @property
+    def passed(self) -> bool:
+        return self.learner is None and self.grader is None
+
+
+def judge(exercise_id: str, curso, namespace: dict) -> Verdict:
+    """Run a check cell once, as when grading: the grader's snapshot, `verificar` with the
+    learner's namespace (snapshot, run, verify), then the grader's own verify with no namespace.
+    Tests and benchmarks use it, so that what the learner is told and what the grader concludes
+    come from the same run of the learner's code."""
+    grader_check = get_exercise(exercise_id)()
+    grader_check.snapshot(CheckContext(curso, None))
+    learner = None
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            verificar(exercise_id, curso, namespace)
+        except AssertionError as exc:
+            learner = exc
+    grader = None
+    try:
+        grader_check.verify(CheckContext(curso, None))
+    except AssertionError as exc:
+        grader = exc
+    return Verdict(learner, grader, out.getvalue())

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import build, format as fmt
+from . import build, metadata as fmt
 
 
 def project_root(start: Path | None = None) -> Path:

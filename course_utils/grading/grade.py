@@ -16,8 +16,8 @@ from pathlib import Path
 
 import nbformat
 
-from ..exercises import format as fmt
-from ..exercises.runner import NotebookRun, clean, run_notebook
+from ..exercises import metadata as fmt
+from ..nbrun import NotebookRun, clean, run_notebook
 from . import report
 from .gradebroker import GradingBroker, StudentSpace
 from .plugin import parse_verdicts
@@ -264,7 +264,9 @@ def score(job: Job, rebuilt: Rebuilt, run: NotebookRun, verdicts: dict[int, dict
 
 
 # ---------------------------------------------------------------------------------------------
-def grade(options: GradeOptions) -> report.Summary:
+def grade(options: GradeOptions, broker: GradingBroker | None = None) -> report.Summary:
+    """Grade the class in `options`. With `broker` (a started GradingBroker), the notebooks run on
+    it and it is left running; otherwise a grading broker is started for the run and stopped."""
     options.out.mkdir(parents=True, exist_ok=True)
     canonicals = load_canonicals(options.exercises_dir, options.only)
     students = discover(options.submissions, [c.name for c in canonicals])
@@ -279,7 +281,9 @@ def grade(options: GradeOptions) -> report.Summary:
                disable=not options.progress or not jobs)
     started = time.monotonic()
     needs_broker = any(j.content is not None and not j.problem for j in jobs)
-    broker = GradingBroker().start() if needs_broker else None
+    own_broker = broker is None and needs_broker
+    if own_broker:
+        broker = GradingBroker().start()
     try:
         with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
             futures = {pool.submit(_safe_grade, job, broker, options): job for job in jobs}
@@ -288,7 +292,7 @@ def grade(options: GradeOptions) -> report.Summary:
                 bar.update(1)
     finally:
         bar.close()
-        if broker is not None:
+        if own_broker:
             broker.stop()
     summary = report.write_all(options.out, store.latest(), canonicals, [w.student for w in students])
     summary.graded, summary.skipped, summary.seconds = len(jobs), skipped, time.monotonic() - started

@@ -93,7 +93,7 @@ class GradingBroker:
     def drop(self, space: StudentSpace) -> None:
         """Delete the user (closing its connections) and the vhost."""
         admin = self.admin
-        for conn in admin.get("connections"):
+        for conn in admin.all_connections():
             if conn.get("user") == space.user:
                 admin.close_connection(conn["name"])
         admin.delete_user(space.user)

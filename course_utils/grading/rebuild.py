@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import nbformat
 
-from ..exercises import format as fmt
+from ..exercises import metadata as fmt
 from ..exercises.build import PLACEHOLDER
 
 _NBVAL_MARKER = re.compile(r"^\s*#\s*NBVAL_\w+.*$", re.MULTILINE)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import pika
 import pika.exceptions
 
-from ..management import ManagementError
-from .checks import CheckContext, Exercise, expect
+from .. import kit
+from ..checks import CheckContext, Exercise, expect
 
 Message = tuple[str, str, "dict | None", str]  # (exchange, routing key, headers, body)
 START_CLEAN = ("(Ligações de tentativas anteriores continuam no broker: para recomeçar limpo, apague a "
@@ -25,14 +25,9 @@ START_CLEAN = ("(Ligações de tentativas anteriores continuam no broker: para r
 
 # --- what the broker has ----------------------------------------------------------------------
 
-def _exchange(ctx: CheckContext, name: str, kind: str) -> dict:
+def _expect_exchange(ctx: CheckContext, name: str, kind: str) -> dict:
     """The exchange's management record; fails with a hint if missing, of another type or transient."""
-    try:
-        info = ctx.management.exchange(name)
-    except ManagementError as exc:
-        if exc.status != 404:
-            raise
-        info = None
+    info = ctx.management.exchange_or_none(name)
     expect(info is not None,
            f"A exchange '{name}' não existe no broker. Declare-a com channel.exchange_declare("
            f"exchange='{name}', exchange_type='{kind}', durable=True).")
@@ -46,29 +41,21 @@ def _exchange(ctx: CheckContext, name: str, kind: str) -> dict:
     return info
 
 
-def _queues(ctx: CheckContext, names: list[str]) -> dict[str, dict]:
-    """Management records of the exercise's queues; each must exist, be durable and not exclusive."""
+def _expect_queues(ctx: CheckContext, names: list[str]) -> dict[str, dict]:
+    """Management records of the exercise's queues; each must exist as a plain durable queue."""
     records = {}
     for name in names:
-        q = ctx.queue(name)
-        expect(q is not None,
-               f"A fila '{name}' não existe no broker. Declare-a com channel.queue_declare(queue='{name}', "
-               f"durable=True). (Uma fila exclusive=True some quando a conexão que a criou fecha.)")
-        expect(not q.get("exclusive"),
-               f"A fila '{name}' é exclusiva: ela pertence a uma conexão só e some quando essa conexão "
-               f"fecha. Aqui ela precisa ser durável e compartilhada: apague-a e declare com durable=True.")
-        expect(q.get("durable"),
-               f"A fila '{name}' não é durável: declare-a com durable=True (o RabbitMQ 4.x nem aceita filas "
-               f"transitórias não exclusivas).")
-        records[name] = q
+        try:
+            records[name] = kit.expect_durable_queue(ctx, name, "sua resposta")
+        except AssertionError as exc:
+            if ctx.queue(name) is None:  # the usual cause here: declared exclusive, gone with its connection
+                raise AssertionError(f"{exc} (Uma fila exclusive=True some quando a conexão que a criou "
+                                     f"fecha.)") from None
+            raise
     return records
 
 
-def bindings_from(ctx: CheckContext, exchange: str) -> list[dict]:
-    return [b for b in ctx.management.bindings() if b["source"] == exchange]
-
-
-def describe_bindings(bindings: list[dict]) -> str:
+def _describe_bindings(bindings: list[dict]) -> str:
     """'estoque ← criado; emails ← pago' (headers: the arguments) for hints."""
     if not bindings:
         return "nenhuma"
@@ -83,7 +70,7 @@ def describe_bindings(bindings: list[dict]) -> str:
 
 # --- the probe -------------------------------------------------------------------------------
 
-def probe(ctx: CheckContext, messages: list[Message], queues: list[str]) -> dict[str, list[str]]:
+def _probe(ctx: CheckContext, messages: list[Message], queues: list[str]) -> dict[str, list[str]]:
     """Purge `queues`, publish `messages` and return the bodies each queue received, in order.
 
     Publishes with confirms and mandatory=True (an unroutable message is simply not anywhere);
@@ -120,16 +107,15 @@ def probe(ctx: CheckContext, messages: list[Message], queues: list[str]) -> dict
         reader.close()  # unacked messages go back to their queues, in place
         return received
     finally:
-        if connection.is_open:
-            connection.close()
+        kit.close_quietly(connection)
 
 
-def expected_by_queue(routes: list[tuple[str, list[str]]], queues: list[str]) -> dict[str, list[str]]:
+def _expected_by_queue(routes: list[tuple[str, list[str]]], queues: list[str]) -> dict[str, list[str]]:
     """From [(body, [queues it must reach])] to {queue: [bodies, in publish order]}."""
     return {q: [body for body, targets in routes if q in targets] for q in queues}
 
 
-def compare(received: dict[str, list[str]], expected: dict[str, list[str]], label) -> str | None:
+def _compare(received: dict[str, list[str]], expected: dict[str, list[str]], label) -> str | None:
     """The first difference as a pt-BR sentence, or None. `label(body)` names a message."""
     for queue, wanted in expected.items():
         got = received.get(queue, [])
@@ -169,17 +155,17 @@ class CentralDePedidos(Exercise):
     ]
 
     def verify(self, ctx: CheckContext) -> None:
-        _exchange(ctx, self.exchange, "direct")
-        _queues(ctx, self.queues)
-        received = probe(ctx, [(self.exchange, key, None, key) for key, _ in self.routes], self.queues)
-        problem = compare(received, expected_by_queue(self.routes, self.queues), lambda b: f"'{b}'")
+        _expect_exchange(ctx, self.exchange, "direct")
+        _expect_queues(ctx, self.queues)
+        received = _probe(ctx, [(self.exchange, key, None, key) for key, _ in self.routes], self.queues)
+        problem = _compare(received, _expected_by_queue(self.routes, self.queues), lambda b: f"'{b}'")
         if problem is None:
             return
-        bindings = bindings_from(ctx, self.exchange)
+        bindings = kit.bindings_from(ctx, self.exchange)
         by_name = [b for b in bindings if b["routing_key"] in self.queues]
         hint = (f"Publiquei na exchange '{self.exchange}' as routing keys "
                 f"{[key for key, _ in self.routes]} (o corpo de cada mensagem é a própria routing key) e "
-                f"{problem}. Ligações de '{self.exchange}' no broker: {describe_bindings(bindings)}.")
+                f"{problem}. Ligações de '{self.exchange}' no broker: {_describe_bindings(bindings)}.")
         if by_name:
             hint += (" Você usou nomes de fila como binding key: numa exchange direct o que vale é a binding "
                      "key igual à routing key do evento (criado, pago...), não o nome da fila. Ligue cada "
@@ -220,15 +206,15 @@ class EventosPorTopico(Exercise):
     }
 
     def verify(self, ctx: CheckContext) -> None:
-        _exchange(ctx, self.exchange, "topic")
-        _queues(ctx, self.queues)
-        received = probe(ctx, [(self.exchange, key, None, key) for key, _ in self.routes], self.queues)
-        expected = expected_by_queue(self.routes, self.queues)
+        _expect_exchange(ctx, self.exchange, "topic")
+        _expect_queues(ctx, self.queues)
+        received = _probe(ctx, [(self.exchange, key, None, key) for key, _ in self.routes], self.queues)
+        expected = _expected_by_queue(self.routes, self.queues)
         for queue in self.queues:
-            problem = compare({queue: received[queue]}, {queue: expected[queue]}, lambda b: f"'{b}'")
+            problem = _compare({queue: received[queue]}, {queue: expected[queue]}, lambda b: f"'{b}'")
             if problem is None:
                 continue
-            keys = [b["routing_key"] for b in bindings_from(ctx, self.exchange) if b["destination"] == queue]
+            keys = [b["routing_key"] for b in kit.bindings_from(ctx, self.exchange) if b["destination"] == queue]
             expect(False,
                    f"Publiquei {len(self.routes)} eventos na exchange '{self.exchange}' (alguns além dos do "
                    f"enunciado, seguindo as mesmas regras) e {problem}. A regra dela: "
@@ -264,17 +250,17 @@ class DocumentosPorCabecalho(Exercise):
         return f"{body} ({text})"
 
     def verify(self, ctx: CheckContext) -> None:
-        _exchange(ctx, self.exchange, "headers")
-        _queues(ctx, self.queues)
+        _expect_exchange(ctx, self.exchange, "headers")
+        _expect_queues(ctx, self.queues)
         messages = [(self.exchange, "contrato", headers or None, body) for body, headers, _ in self.documents]
-        received = probe(ctx, messages, self.queues)
+        received = _probe(ctx, messages, self.queues)
         routes = [(body, targets) for body, _, targets in self.documents]
-        problem = compare(received, expected_by_queue(routes, self.queues), self._label)
+        problem = _compare(received, _expected_by_queue(routes, self.queues), self._label)
         if problem is None:
             return
-        bindings = bindings_from(ctx, self.exchange)
+        bindings = kit.bindings_from(ctx, self.exchange)
         hint = (f"Publiquei {len(self.documents)} documentos na exchange '{self.exchange}' e {problem}. "
-                f"Ligações de '{self.exchange}' no broker: {describe_bindings(bindings)}. ")
+                f"Ligações de '{self.exchange}' no broker: {_describe_bindings(bindings)}. ")
         if any(not (b.get("arguments") or {}) for b in bindings):
             hint += ("Há ligação sem argumentos: a exchange headers ignora a routing key, e uma ligação sem "
                      "cabeçalhos (x-match all, sem condições) casa qualquer mensagem. Passe as condições em "
@@ -307,9 +293,9 @@ class AuditoriaEmCascata(Exercise):
     panel_size = 3
 
     def verify(self, ctx: CheckContext) -> None:
-        _exchange(ctx, self.source, "topic")
-        _exchange(ctx, self.destination, "fanout")
-        records = _queues(ctx, self.queues)
+        _expect_exchange(ctx, self.source, "topic")
+        _expect_exchange(ctx, self.destination, "fanout")
+        records = _expect_queues(ctx, self.queues)
         links = [b for b in ctx.management.bindings()
                  if b["destination_type"] == "exchange" and {b["source"], b["destination"]} == {self.source, self.destination}]
         reversed_links = [b for b in links if b["source"] == self.destination]
@@ -322,22 +308,22 @@ class AuditoriaEmCascata(Exercise):
                f"Não há ligação da exchange '{self.source}' para a exchange '{self.destination}'. O exercício "
                f"pede uma ligação entre exchanges: channel.exchange_bind(destination='{self.destination}', "
                f"source='{self.source}', routing_key=...), e não filas ligadas direto na '{self.source}'.")
-        direct = [b for b in bindings_from(ctx, self.source) if b["destination_type"] == "queue"
+        direct = [b for b in kit.bindings_from(ctx, self.source) if b["destination_type"] == "queue"
                   and b["destination"] in self.queues]
         expect(not direct,
                f"As filas de auditoria não devem ser ligadas direto na '{self.source}' "
-               f"({describe_bindings(direct)}): elas recebem tudo pela '{self.destination}', que por sua vez "
+               f"({_describe_bindings(direct)}): elas recebem tudo pela '{self.destination}', que por sua vez "
                f"recebe da '{self.source}'. Desligue-as (channel.queue_unbind) ou apague a '{self.source}' e recomece.")
-        received = probe(ctx, [(exchange, key, None, key) for exchange, key in self.messages], self.queues)
+        received = _probe(ctx, [(exchange, key, None, key) for exchange, key in self.messages], self.queues)
         archive, panel = self.queues
         sent = (f"na '{self.source}' as routing keys "
                 f"{', '.join(key for exchange, key in self.messages if exchange == self.source)}, e direto na "
                 f"'{self.destination}' a mensagem "
                 f"{', '.join(key for exchange, key in self.messages if exchange == self.destination)}")
-        problem = compare({archive: received[archive]}, {archive: self.archived}, lambda b: f"'{b}'")
+        problem = _compare({archive: received[archive]}, {archive: self.archived}, lambda b: f"'{b}'")
         expect(problem is None,
                f"Publiquei {sent}; {problem}. Ligação {self.source} → {self.destination} no broker: "
-               f"{describe_bindings([b for b in links if b['source'] == self.source])}. Toda routing key que "
+               f"{_describe_bindings([b for b in links if b['source'] == self.source])}. Toda routing key que "
                f"começa com a palavra venda (inclusive 'venda' sozinha e 'venda.paga.br') deve passar; "
                f"'devolucao.venda' e 'vendas.relatorio' não. {START_CLEAN}")
         arguments = records[panel].get("arguments") or {}

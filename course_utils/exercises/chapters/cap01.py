@@ -2,79 +2,30 @@
 
 Every exercise is about the AMQP model (exchanges, bindings, queues), so `run` rebuilds the
 exercise's broker objects from nothing before calling the learner's function, and `verify` reads
-the result from the broker: exchanges, queues and bindings from the management API (1.1), queue
-contents and the exchange each message was published to (1.2; the management API's per-exchange
-publish counters are not used: they can outlive a deleted exchange for a while and be credited to a
-new one of the same name), and where the check's own probe messages land (1.3, `routing_table`:
-publisher confirms + exact ready counts; the probes are taken out again).
+the result from the broker, all of it current at once: exchanges, queues and bindings from the
+management API's definitions (1.1), the messages in each queue with the exchange each was
+published to (1.2, read through the management API after the learner's connection closed; the
+per-exchange publish counters are not used: they lag and can outlive a deleted exchange), and
+where the check's own probe messages land (1.3, `routing_table`: publisher confirms + exact ready
+counts; the probes are taken out again). No check waits for statistics.
 """
 from __future__ import annotations
 
-import contextlib
 
-import pika
-import pika.exceptions
-
-from ..errors import CourseError
-from ..management import ManagementError
-from .checks import CheckContext, Exercise, close_quietly, expect
+from ...errors import CourseError
+from ...scenarios import RESTAURANTE, montar_restaurante
+from .. import kit
+from ..checks import CheckContext, Exercise, expect
 
 
-@contextlib.contextmanager
-def _learner_channel(ctx: CheckContext, what: str):
-    """A fresh connection and channel for the learner's function; broker errors become hints."""
-    connection = ctx.curso.connect()
-    try:
-        yield connection.channel()
-    except CourseError as exc:  # strict mode (RabbitMQ 4.x) and other course errors
-        raise AssertionError(f"{what} falhou: {exc}") from None
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        raise AssertionError(f"O broker fechou o canal durante {what}: {exc.reply_code} "
-                             f"{exc.reply_text}. Confira nomes e tipos nas declarações.") from None
-    except pika.exceptions.AMQPError as exc:
-        raise AssertionError(f"{what} falhou com {exc.__class__.__name__}: {exc}") from None
-    finally:
-        close_quietly(connection)
-
-
-def _exchange(ctx: CheckContext, name: str) -> dict | None:
-    try:
-        return ctx.management.exchange(name)
-    except ManagementError as exc:
-        if exc.status == 404:
-            return None
-        raise
-
-
-def _bindings_from(ctx: CheckContext, exchange: str) -> set[tuple[str, str]]:
+def _queue_bindings(ctx: CheckContext, exchange: str) -> set[tuple[str, str]]:
     """{(queue, binding key)} of the bindings from `exchange` to queues."""
-    return {(b["destination"], b["routing_key"]) for b in ctx.management.bindings()
-            if b["source"] == exchange and b["destination_type"] == "queue"}
+    return {(b["destination"], b["routing_key"]) for b in kit.bindings_from(ctx, exchange)
+            if b["destination_type"] == "queue"}
 
 
 def _describe(bindings) -> str:
     return ", ".join(f"{q} ← '{k}'" for q, k in sorted(bindings)) or "nenhum"
-
-
-def _expect_durable_queues(ctx: CheckContext, queues, where: str) -> None:
-    for name in queues:
-        q = ctx.queue(name)
-        expect(q is not None, f"A fila '{name}' não existe no broker. Declare-a em {where} com "
-                              f"channel.queue_declare(queue='{name}', durable=True).")
-        expect(q.get("durable") and not q.get("exclusive") and not q.get("auto_delete"),
-               f"A fila '{name}' existe, mas não é uma fila durável comum (durable={q.get('durable')}, "
-               f"exclusive={q.get('exclusive')}, auto_delete={q.get('auto_delete')}). Declare-a só com "
-               f"durable=True.")
-
-
-def _reset(ctx: CheckContext, exchanges, queues) -> None:
-    """Delete the exercise's exchanges and queues (whatever an earlier try left)."""
-    with ctx.curso.connect() as connection:
-        channel = connection.channel()
-        for name in queues:
-            channel.queue_delete(queue=name)
-        for name in exchanges:
-            channel.exchange_delete(exchange=name)
 
 
 # --- 1.1 -----------------------------------------------------------------------------------
@@ -90,12 +41,12 @@ class MontarNotificacoes(Exercise):
                 ("push", "promocao")}
 
     def run(self, ctx: CheckContext) -> None:
-        _reset(ctx, [self.exchange], self.queues)
-        with _learner_channel(ctx, "montar_notificacoes(channel)") as channel:
+        kit.reset_topology(ctx, [self.exchange], self.queues)
+        with kit.learner_channel(ctx, "montar_notificacoes(channel)") as channel:
             ctx.call("montar_notificacoes", channel)
 
     def verify(self, ctx: CheckContext) -> None:
-        ex = _exchange(ctx, self.exchange)
+        ex = ctx.management.exchange_or_none(self.exchange)
         expect(ex is not None, f"A exchange '{self.exchange}' não existe no broker. Declare-a com "
                                f"channel.exchange_declare(exchange='{self.exchange}', "
                                f"exchange_type='{self.exchange_type}', durable=True).")
@@ -103,8 +54,9 @@ class MontarNotificacoes(Exercise):
                f"A exchange '{self.exchange}' é do tipo '{ex['type']}'; o enunciado pede "
                f"'{self.exchange_type}' (cada evento vai só para as filas ligadas com aquela chave).")
         expect(ex.get("durable"), f"A exchange '{self.exchange}' não é durável: declare-a com durable=True.")
-        _expect_durable_queues(ctx, self.queues, "montar_notificacoes()")
-        found = _bindings_from(ctx, self.exchange)
+        for name in self.queues:
+            kit.expect_durable_queue(ctx, name, "montar_notificacoes()")
+        found = _queue_bindings(ctx, self.exchange)
         missing, extra = self.bindings - found, found - self.bindings
         expect(not missing and not extra,
                f"Os bindings da exchange '{self.exchange}' não são os pedidos. "
@@ -115,45 +67,6 @@ class MontarNotificacoes(Exercise):
 
 # --- 1.2 -----------------------------------------------------------------------------------
 
-# Exercise 1.2's topology: a direct exchange for order events and a fanout one for notices.
-RESTAURANTE = {
-    "exchanges": {"pedidos": "direct", "avisos": "fanout"},
-    "queues": ["cozinha", "financeiro", "entrega", "app_cliente"],
-    "bindings": [("pedidos", "cozinha", "novo"), ("pedidos", "financeiro", "novo"),
-                 ("pedidos", "financeiro", "cancelado"), ("pedidos", "entrega", "pronto"),
-                 ("avisos", "entrega", ""), ("avisos", "app_cliente", "")],
-}
-
-
-def montar_restaurante(curso) -> None:
-    """Declare exercise 1.2's topology from nothing (deleting what an earlier try left)."""
-    with curso.connect() as connection:
-        channel = connection.channel()
-        for name in RESTAURANTE["queues"]:
-            channel.queue_delete(queue=name)
-        for name, kind in RESTAURANTE["exchanges"].items():
-            channel.exchange_delete(exchange=name)
-            channel.exchange_declare(exchange=name, exchange_type=kind, durable=True)
-        for name in RESTAURANTE["queues"]:
-            channel.queue_declare(queue=name, durable=True)
-        for exchange, queue, key in RESTAURANTE["bindings"]:
-            channel.queue_bind(queue=queue, exchange=exchange, routing_key=key)
-
-
-def mostrar_restaurante(curso):
-    """Build exercise 1.2's topology and draw only it (the vhost may hold other exercises')."""
-    from .._toolkit import display_figure
-    from ..topology import plot_topology, topology_graph
-
-    montar_restaurante(curso)
-    graph = topology_graph(curso, producers={"produtor": list(RESTAURANTE["exchanges"])}, consumers=False)
-    keep = ({("exchange", e) for e in RESTAURANTE["exchanges"]}
-            | {("queue", q) for q in RESTAURANTE["queues"]} | {("producer", "produtor")})
-    part = graph.subgraph(keep).copy()
-    display_figure(plot_topology(part, title="Exercício 1.2: a topologia do restaurante"))
-    return part
-
-
 class Avisar(Exercise):
     id = "1.2"
     title = "Cada mensagem entrou pela exchange certa e chegou só às filas certas."
@@ -163,32 +76,37 @@ class Avisar(Exercise):
     # queue -> the (body, exchange it was published to) it must hold, and nothing else
     expected = {"cozinha": [(novo, "pedidos")], "financeiro": [(novo, "pedidos")],
                 "entrega": [(saiu, "avisos")], "app_cliente": [(saiu, "avisos")]}
+    publishes = 2  # one basic_publish per message
 
     def run(self, ctx: CheckContext) -> None:
         montar_restaurante(ctx.curso)
-        with _learner_channel(ctx, "avisar(channel)") as channel:
+        self.publish_calls = None
+        with kit.learner_channel(ctx, "avisar(channel)") as channel:
+            calls = kit.record_calls(channel, "basic_publish")
             ctx.call("avisar", channel)
+        # The connection is closed: everything avisar() published has been routed to its queues.
+        self.publish_calls = len(calls)
 
     def verify(self, ctx: CheckContext) -> None:
         for exchange, kind in RESTAURANTE["exchanges"].items():
-            ex = _exchange(ctx, exchange)
+            ex = ctx.management.exchange_or_none(exchange)
             expect(ex is not None and ex["type"] == kind,
                    f"A exchange '{exchange}' sumiu ou mudou de tipo. avisar() não deve mudar a "
                    f"topologia, só publicar.")
             wanted = {(q, k) for e, q, k in RESTAURANTE["bindings"] if e == exchange}
-            found = _bindings_from(ctx, exchange)
+            found = _queue_bindings(ctx, exchange)
             expect(found == wanted,
                    f"Os bindings da exchange '{exchange}' mudaram (agora: {_describe(found)}). O exercício "
                    f"é usar a topologia como ela está: avisar() só deve publicar.")
+        # The messages in each queue, read through the management API (each read puts them back):
+        # current at once, since the learner's connection was closed after avisar() returned. A
+        # message remembers the exchange it was published to, so copies published straight into
+        # each queue through the default exchange "" show up as such.
+        contents = {}
         for queue in self.expected:
             expect(ctx.queue(queue) is not None, f"A fila '{queue}' sumiu: avisar() só deve publicar.")
-        # The messages in each queue, read through the management API (each read puts them back).
-        # A message remembers the exchange it was published to, so copies published straight into
-        # each queue through the default exchange "" show up as such.
-        contents = ctx.eventually(
-            lambda: {q: sorted((m.get("payload", ""), m.get("exchange", ""))
-                               for m in ctx.management.peek(q, 10)) for q in self.expected},
-            lambda got: all(len(got[q]) >= len(b) for q, b in self.expected.items()))
+            contents[queue] = sorted((m.get("payload", ""), m.get("exchange", ""))
+                                     for m in ctx.management.peek(queue, 10))
         for queue, wanted in self.expected.items():
             bodies = [body for body, _ in contents[queue]]
             want_bodies = [body for body, _ in wanted]
@@ -202,6 +120,15 @@ class Avisar(Exercise):
                        f"A mensagem {body!r} chegou à fila '{queue}', mas foi publicada {where}. Publique "
                        f"cada mensagem uma vez só, na exchange cujos bindings já a levam às filas certas: "
                        f"o produtor deste sistema só conhece as exchanges, não as filas.")
+        # Kernel side only: how often avisar() called basic_publish on the channel it was given
+        # (a publish that no queue took leaves no trace in the broker).
+        calls = getattr(self, "publish_calls", None)
+        expect(calls is None or calls <= self.publishes,
+               f"As filas ficaram certas, mas avisar() chamou channel.basic_publish {calls} vezes; o "
+               f"enunciado pede uma chamada para cada mensagem ({self.publishes}). Uma publicação numa "
+               f"exchange já chega a todas as filas cujos bindings casam: não publique também com outras "
+               f"chaves ou em outras exchanges \"para garantir\" (a publicação que nenhuma fila pega é "
+               f"descartada sem aviso).")
 
     def _hint(self, queue: str) -> str:
         if queue in ("cozinha", "financeiro"):
@@ -224,22 +151,28 @@ class MontarAlertas(Exercise):
              "relatorio": {"aviso", "critico"}}
 
     def run(self, ctx: CheckContext) -> None:
-        _reset(ctx, [self.exchange], self.queues)
-        with _learner_channel(ctx, "montar_alertas(channel)") as channel:
+        kit.reset_topology(ctx, [self.exchange], self.queues)
+        with kit.learner_channel(ctx, "montar_alertas(channel)") as channel:
             ctx.call("montar_alertas", channel)
 
     def verify(self, ctx: CheckContext) -> None:
-        from ..routing import routing_table
+        from ...routing import routing_table
 
-        expect(_exchange(ctx, self.exchange) is not None,
+        ex = ctx.management.exchange_or_none(self.exchange)
+        expect(ex is not None,
                f"A exchange '{self.exchange}' não existe no broker: declare-a em montar_alertas() com "
                f"channel.exchange_declare(exchange='{self.exchange}', exchange_type=..., durable=True). "
                f"O tipo é a sua escolha.")
-        _expect_durable_queues(ctx, self.queues, "montar_alertas()")
+        expect(ex.get("durable"),
+               f"A exchange '{self.exchange}' não é durável: o enunciado pede uma exchange durável, que "
+               f"(com os seus bindings) sobrevive a um reinício do broker. Declare-a com durable=True "
+               f"(a verificação apaga a exchange antes de chamar montar_alertas()).")
         for name in self.queues:
-            q = ctx.queue(name)
-            expect(not q.get("consumers"), f"A fila '{name}' tem consumidor: montar_alertas() só deve "
-                                           f"declarar, sem consumir (o consumidor levaria os alertas de teste).")
+            kit.expect_durable_queue(ctx, name, "montar_alertas()")
+            counts = kit.exact_counts(ctx, name)
+            expect(counts is None or not counts[1],
+                   f"A fila '{name}' tem consumidor: montar_alertas() só deve declarar, sem consumir (o "
+                   f"consumidor levaria os alertas de teste).")
         # The check publishes one probe alert per severity and reads where each one landed.
         try:
             table = routing_table(ctx.curso, self.exchange, self.severities, queues=self.queues, show=False)

@@ -1,0 +1,316 @@
+"""Checks for chapter 2 (Primeiros passos). Statements: solutions/02_primeiros_passos.ipynb.
+
+What each check reads, fastest first:
+- ready counts and consumers exactly, at once (`kit.exact_counts`), and message bodies and
+  properties at once (`ctx.management.peek`);
+- in the kernel, what only the kernel knows exactly: the pika connections left open (names in the
+  namespace, BlockingConnections created during a call) and how `receber` consumed (the channel
+  it is handed records the auto_ack of each consume/get);
+- from statistics, only what only they show, on the grader's side: ack and auto-ack counters
+  (2.2, one bounded window), and the broker's list of connections, read behind a marker
+  connection (`kit.connections_now`), so that a passing answer waits one collection interval at most.
+"""
+from __future__ import annotations
+
+import contextlib
+import dis
+import functools
+import types
+from typing import Iterator
+
+import pika
+from pika.adapters.blocking_connection import BlockingChannel
+
+from .. import kit, phrases
+from ..checks import CheckContext, Exercise, expect
+
+
+# --- shared by the exercises of this chapter (kit candidates) -----------------------------------
+
+
+def _open_in(namespace: dict | None, names=None) -> list[str]:
+    """Names in `namespace` (all, or only `names`) bound to an open pika BlockingConnection, or to
+    a channel of one."""
+    namespace = namespace or {}
+    found = []
+    for name in (list(namespace) if names is None else [n for n in names if n in namespace]):
+        if name.startswith("_"):
+            continue  # IPython's output history (_, _5, ...): not the learner's names
+        value = namespace.get(name)
+        if isinstance(value, BlockingChannel):
+            value = value.connection
+        if isinstance(value, pika.BlockingConnection) and kit.is_open(value):
+            found.append(name)
+    return sorted(found)
+
+
+def _globals_used(fn) -> set[str]:
+    """Global names a function's code reads (its own and its nested code objects', such as
+    comprehensions), not attribute names: `connection.channel()` does not read a global `channel`."""
+    found: set[str] = set()
+    todo = [getattr(fn, "__code__", None)]
+    while todo:
+        code = todo.pop()
+        if code is None:
+            continue
+        found |= {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+        todo.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return found
+
+
+# Connections that a learner's function left open, found by the kernel side of a check. Left to
+# themselves they sit in reference cycles, and the garbage collector would close them at some random
+# later moment: the check keeps them open instead, until the next check of this chapter starts, so
+# that the grader's broker-side verify (which runs after the check cell) sees what the kernel saw.
+_LEFT_OPEN: list = []
+
+
+def _release_left_open() -> None:
+    while _LEFT_OPEN:
+        kit.close_quietly(_LEFT_OPEN.pop())
+
+
+@contextlib.contextmanager
+def _watch_leaks() -> Iterator[list]:
+    """Collect the pika connections opened in the block and still open after it (kernel side).
+
+    Exact and cheap: each BlockingConnection created in the block is recorded (pika's class is
+    patched for the block only) and held, so that no garbage collection can close a leaked one
+    unseen; the ones still open are kept open (`_LEFT_OPEN`)."""
+    created: list = []
+    found: list = []
+    cls = pika.BlockingConnection
+    original = cls.__init__
+
+    @functools.wraps(original)
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        created.append(self)
+
+    cls.__init__ = recording
+    try:
+        yield found
+    finally:
+        cls.__init__ = original
+        found.extend(c for c in created if kit.is_open(c))
+        _LEFT_OPEN.extend(found)
+
+
+def _variables(names: list[str]) -> str:
+    return " e ".join(f"`{n}`" for n in names)
+
+
+# --- 2.1 ---------------------------------------------------------------------------------------
+
+class BoasVindas(Exercise):
+    id = "2.1"
+    title = "A mensagem está na fila durável, persistente, e a conexão foi fechada."
+    points = 1
+    queue = "boas_vindas"
+    body = "Olá, RabbitMQ!"
+
+    def run(self, ctx: CheckContext) -> None:
+        _release_left_open()
+        # The answer cell ran before this check: a connection it left open is still open now.
+        held = _open_in(ctx.namespace)
+        expect(not held, f"A conexão da célula de resposta continua aberta (em {_variables(held)}). "
+                         f"{self._close_hint()}")
+        if bool(kit.open_connections()) and kit.connections_now(ctx):
+            # An open connection nothing names (pika.BlockingConnection(...).channel()...), and the
+            # broker confirms one in this vhost.
+            expect(False, f"A célula de resposta deixou uma conexão aberta: o broker ainda a mostra no "
+                          f"vhost {ctx.curso.vhost}. {self._close_hint()}")
+
+    def verify(self, ctx: CheckContext) -> None:
+        q = ctx.queue(self.queue)
+        expect(q is not None, f"A fila '{self.queue}' não existe no broker. Declare-a com "
+                              f"channel.queue_declare(queue='{self.queue}', durable=True).")
+        expect(q.get("durable"), f"A fila '{self.queue}' existe mas não é durável: apague-a "
+                                 f"(channel.queue_delete('{self.queue}')) e declare com durable=True.")
+        count = (kit.exact_counts(ctx, self.queue) or (0, 0))[0]
+        expect(count != 0, f"A fila '{self.queue}' está vazia. Publique com channel.basic_publish("
+                           f"exchange='', routing_key='{self.queue}', body=...).")
+        expect(count == 1, f"A fila '{self.queue}' tem {count} mensagens; esperava 1. Rodou a célula "
+                           f"mais de uma vez? Esvazie com channel.queue_purge('{self.queue}') e publique "
+                           f"uma vez só.")
+        message = ctx.management.peek(self.queue, 1)[0]
+        expect(message.get("payload") == self.body,
+               f"A mensagem na fila é {message.get('payload')!r}; esperava {self.body!r}.")
+        expect(kit.is_persistent(message), f"A mensagem não é persistente: {phrases.PERSISTENT}.")
+        expect(message.get("exchange", "") == "",
+               f"A mensagem entrou pela exchange '{message.get('exchange')}'; o enunciado pede a exchange "
+               f"padrão: channel.basic_publish(exchange='', routing_key='{self.queue}', ...), que entrega "
+               f"direto na fila de nome igual à routing key, sem binding nenhum.")
+        if ctx.namespace is None:
+            # The grader's side: run() looked at the kernel; here the broker tells, behind a marker.
+            left = kit.connections_now(ctx)
+            expect(not left, f"O broker ainda mostra {len(left)} conexão(ões) aberta(s) no vhost: a célula "
+                             f"de resposta abriu uma conexão e não a fechou. {self._close_hint()}")
+
+    @staticmethod
+    def _close_hint() -> str:
+        return ("Feche-a no fim com connection.close(), ou abra-a num bloco "
+                "`with pika.BlockingConnection(curso.params()) as connection:`, que fecha sozinho.")
+
+
+# --- 2.2 ---------------------------------------------------------------------------------------
+
+
+class Receber(Exercise):
+    id = "2.2"
+    title = "receber(channel, fila, n) consome exatamente n mensagens, com ack, e nunca trava."
+    points = 2
+    queue = "tarefas"
+    published = [f"tarefa {i}" for i in range(1, 6)]
+    n = 3
+    # Second call: a queue that holds fewer than n messages.
+    short_queue = "tarefas_finais"
+    short_published = ["tarefa 6", "tarefa 7"]
+    limit = 5.0  # seconds receber() may take (the statement asks for at most ~1 s of waiting)
+
+    def cases(self) -> list[tuple[str, list[str], list[str]]]:
+        """(queue, published, what receber(channel, queue, n) must return)."""
+        return [(self.queue, self.published, self.published[: self.n]),
+                (self.short_queue, self.short_published, self.short_published)]
+
+    def run(self, ctx: CheckContext) -> None:
+        _release_left_open()
+        for queue, bodies, _ in self.cases():
+            kit.fresh_queue(ctx, queue, bodies)
+        for queue, bodies, wanted in self.cases():
+            self._receive(ctx, queue, bodies, wanted)
+
+    def _receive(self, ctx: CheckContext, queue: str, bodies: list[str], wanted: list[str]) -> None:
+        call = f"receber(channel, '{queue}', {self.n})"
+        connection = ctx.curso.connect()
+        try:
+            channel = connection.channel()
+            calls = kit.record_calls(channel, "consume", "basic_consume", "basic_get")
+            result = ctx.call("receber", channel, queue, self.n, timeout=self.limit,
+                              on_timeout=lambda: self._hang_hint(call, len(bodies)))
+            # Exact, while receber's channel is still open: is a consumer still attached?
+            during = kit.exact_counts(ctx, queue)
+        finally:
+            # Closing the connection returns whatever receber() took but did not ack, at once; only
+            # then does the exact ready count show what receber() really consumed.
+            kit.close_quietly(connection)
+        expect(not any(arguments.get("auto_ack") for _, arguments in calls),
+               f"{call} consumiu com auto_ack=True: o broker apaga a mensagem ao entregá-la, e ela se "
+               f"perde se o programa cair antes de processá-la. {phrases.MANUAL_ACK}")
+        expect(during is not None, phrases.queue_missing(queue))
+        expect(not during[1],
+               f"Depois que {call} voltou, a fila '{queue}' ainda tinha {during[1]} consumidor(es) "
+               f"ligado(s) ao canal, segurando sem ack as mensagens que o broker já tinha mandado a mais "
+               f"(na fila, prontas, havia só {during[0]}). {phrases.CANCEL_CONSUMER}")
+        ready = (kit.exact_counts(ctx, queue) or (0, 0))[0]
+        consumed = len(bodies) - ready
+        expect(isinstance(result, list), f"{call} deveria devolver uma lista, devolveu {type(result).__name__}.")
+        expect(all(isinstance(x, str) for x in result),
+               f"{call} deveria devolver textos (str): use body.decode() em cada mensagem.")
+        expect(consumed <= len(wanted),
+               f"Depois de {call}, a fila '{queue}' ficou com {ready} mensagem(ns); deveriam sobrar "
+               f"{len(bodies) - len(wanted)}. receber() consumiu {consumed}: deve parar em n (nem uma a mais).")
+        returned = ready - during[0]  # taken without ack, back in the queue once the connection closed
+        expect(consumed == len(wanted) or not returned,
+               f"Depois de {call}, voltaram para a fila '{queue}' {returned} mensagem(ns) que receber() "
+               f"pegou e não confirmou (sem ack, elas voltam quando a conexão fecha). {phrases.MANUAL_ACK}")
+        expect(consumed == len(wanted),
+               f"Depois de {call}, a fila '{queue}' continua com {ready} de {len(bodies)} mensagens: "
+               f"receber() consumiu {consumed}, e deveria consumir {len(wanted)}. Ela precisa tirar as "
+               f"mensagens da fila (consume ou basic_get) e confirmar cada uma.")
+        expect(result == wanted, f"{call} devolveu {result!r}; esperava {wanted!r}" +
+               (f" (as {self.n} primeiras, na ordem)." if len(wanted) == self.n else
+                f" (a fila tinha só {len(bodies)}: receber() devolve as que recebeu)."))
+
+    def _hang_hint(self, call: str, available: int) -> str:
+        return (f"{call} não voltou em {self.limit:.0f} s (a fila tinha {available} mensagem(ns)). "
+                + ("Quando a fila acaba antes de n, receber() deve devolver as que recebeu: use "
+                   "channel.consume(fila, inactivity_timeout=1) e pare quando vier (None, None, None); "
+                   "sem inactivity_timeout, o for espera mensagens para sempre." if available < self.n else
+                   "Pare de consumir assim que tiver n mensagens; start_consuming() sozinho nunca volta."))
+
+    def verify(self, ctx: CheckContext) -> None:
+        records = {}
+        for queue, bodies, wanted in self.cases():
+            counts = kit.exact_counts(ctx, queue)
+            expect(counts is not None, phrases.queue_missing(queue))
+            rest = bodies[len(wanted):]
+            expect(counts[0] == len(rest),
+                   f"A fila '{queue}' ficou com {counts[0]} mensagem(ns) pronta(s); deveriam sobrar "
+                   f"{len(rest)} depois de receber(channel, '{queue}', {self.n}), que deve consumir e "
+                   f"confirmar só {len(wanted)}.")
+            remaining = sorted(ctx.bodies(queue, len(rest) + 1))
+            expect(remaining == rest, f"Sobraram {remaining!r} na fila '{queue}'; deveriam sobrar {rest!r}.")
+            records[queue] = len(wanted)
+        if ctx.namespace is not None:
+            return  # in the kernel, run() saw exactly how receber() consumed and acked
+        # The grader's side: acks and auto-acks are only in the statistics. One bounded window,
+        # which ends as soon as every ack (or any auto-ack) shows.
+        seen = ctx.eventually(
+            lambda: {q: ctx.queue(q) for q in records},
+            lambda rs: any(kit.no_ack_deliveries(r) for r in rs.values())
+            or all(kit.stats(rs[q]).get("ack", 0) >= n for q, n in records.items()))
+        for queue, n in records.items():
+            no_ack = kit.no_ack_deliveries(seen[queue])
+            expect(not no_ack, f"{no_ack} mensagem(ns) da fila '{queue}' foram entregues com auto_ack=True: o "
+                               f"broker as apaga ao entregar, e elas se perdem se o programa cair. "
+                               f"{phrases.MANUAL_ACK} {phrases.STATS_MAY_LAG}")
+            acks = kit.stats(seen[queue]).get("ack", 0)
+            expect(acks >= n, f"O broker registrou {acks} ack(s) na fila '{queue}'; esperava {n}. "
+                              f"{phrases.MANUAL_ACK} {phrases.STATS_MAY_LAG}")
+
+
+# --- 2.3 ---------------------------------------------------------------------------------------
+
+class FecharConexao(Exercise):
+    id = "2.3"
+    title = "publicar_todas() publica tudo e fecha a conexão que abriu, mesmo com erro."
+    points = 2
+    queue = "registro"
+    messages = ["entrada 1", "entrada 2", "entrada 3"]
+    broken = ["entrada 1", None]  # the second publish fails inside pika (the body is not text)
+
+    def snapshot(self, ctx: CheckContext) -> None:
+        self.before = kit.connection_names(ctx)
+
+    def run(self, ctx: CheckContext) -> None:
+        _release_left_open()
+        fn = ctx.learner("publicar_todas")
+        shared = _open_in(ctx.namespace, _globals_used(fn))
+        expect(not shared,
+               f"publicar_todas() usa {_variables(shared)}, de uma conexão aberta fora dela (e que continua "
+               f"aberta). O enunciado pede que a função abra a sua própria conexão e a feche antes de voltar: "
+               f"`with pika.BlockingConnection(curso.params()) as connection:` dentro da função.")
+        # Something goes wrong in the middle: the error may escape, the connection must be closed.
+        ctx.management.delete_queue(self.queue)
+        with _watch_leaks() as left_on_error:
+            try:
+                ctx.call("publicar_todas", list(self.broken))
+            except AssertionError:
+                pass  # the learner's exception, as expected (a missing function fails the call below)
+        ctx.management.delete_queue(self.queue)
+        with _watch_leaks() as left:
+            ctx.call("publicar_todas", list(self.messages))
+        expect(not left, f"publicar_todas() deixou uma conexão aberta. {phrases.CLOSE_CONNECTION}")
+        expect(not left_on_error,
+               f"Quando um basic_publish falhou no meio (chamei publicar_todas({self.broken!r}): None não é "
+               f"texto), publicar_todas() deixou a conexão aberta. Com "
+               f"`with pika.BlockingConnection(curso.params()) as connection:` ela é fechada mesmo quando "
+               f"uma exceção escapa do bloco (um connection.close() no fim não roda nesse caso).")
+
+    def verify(self, ctx: CheckContext) -> None:
+        kit.expect_durable_queue(ctx, self.queue, "publicar_todas()")
+        count = (kit.exact_counts(ctx, self.queue) or (0, 0))[0]
+        expect(count == len(self.messages),
+               f"A fila '{self.queue}' tem {count} mensagens; esperava {len(self.messages)} (uma por item da lista).")
+        peeked = ctx.management.peek(self.queue, len(self.messages))
+        bodies = [m.get("payload") for m in peeked]
+        expect(bodies == self.messages, f"As mensagens na fila são {bodies!r}; esperava {self.messages!r}, nessa ordem.")
+        expect(all(kit.is_persistent(m) for m in peeked),
+               f"As mensagens não são persistentes: {phrases.PERSISTENT}.")
+        if ctx.namespace is None:
+            # The grader's side: run() counted the kernel's open connections exactly; here the
+            # broker tells, behind a marker (connections opened since the snapshot, still open).
+            leaked = kit.connections_now(ctx) - self.before
+            expect(not leaked, f"O broker ainda mostra {len(leaked)} conexão(ões) aberta(s) por "
+                               f"publicar_todas(). {phrases.CLOSE_CONNECTION}")

@@ -1,0 +1,988 @@
+"""Checks for chapter 5 (Consumidores). Statements: solutions/05_consumidores.ipynb.
+
+5.1 and 5.3 declare their queue with a dead-letter exchange (the default exchange, routing to a
+second queue): what the learner rejects with requeue=False lands there with an `x-death` header that
+says it was rejected from the exercise's queue. So the broker itself keeps exact evidence of which
+messages were rejected, readable at once, and `verify` needs statistics only for what nothing else
+shows (ack, no-ack and redeliver counters), and reads them on the grader's side only.
+
+In the kernel, `_PikaWatch` watches how the learner's code uses pika during the call (public API
+only, patched on the classes for the duration of the call and restored afterwards): which thread
+created each connection, the consumers and their auto_ack, every ack/nack/reject and the message
+it settled. That makes the kernel-side hints exact and instant, and it performs an ack/nack/reject
+made from the wrong thread safely (through `add_callback_threadsafe`), so that a thread-unsafe
+answer fails with a hint about threads every time instead of corrupting pika's internals.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+
+from .. import kit, phrases
+from ..checks import CheckContext, Exercise, expect
+
+# pt-BR advice for the AMQP errors a learner's code of this chapter typically provokes, by a piece
+# of the broker's reply text.
+AMQP_ADVICE = {
+    "inequivalent arg": ("Não declare a fila de novo com outros argumentos — a verificação já a criou "
+                         "(com uma dead-letter exchange). Se quiser conferir que ela existe, use "
+                         "queue_declare(queue=..., passive=True)."),
+    "unknown delivery tag": ("Cada entrega só pode ser confirmada ou recusada uma vez, e pelo mesmo canal "
+                             "que a entregou (a delivery tag só existe nele)."),
+}
+CHANNEL_WAS_CLOSED = ("O canal já estava fechado: o broker o fecha (406 PRECONDITION_FAILED - unknown "
+                      "delivery tag) quando uma entrega é confirmada duas vezes, ou por um canal que não foi "
+                      "o que a entregou. Confirme cada mensagem uma só vez, no canal que a entregou.")
+
+THREADS_ACK = ("Conexões e canais do pika não são thread-safe: só a thread que criou a conexão pode usá-la. "
+               "A thread trabalhadora deve pedir o ack à thread da conexão: "
+               "connection.add_callback_threadsafe(functools.partial(ch.basic_ack, delivery_tag=tag)) — ou "
+               "então cada thread abre a sua própria conexão, dentro dela. (A verificação fez essas chamadas "
+               "pelo caminho seguro para poder continuar; sem isso, o pika corrompe o próprio estado e falha "
+               "de jeitos aleatórios, como IndexError('pop from an empty deque').)")
+
+THREADS_EBOOK = ("threading.Thread(target=channel.basic_consume, ...) — o exemplo do e-book — está errado duas "
+                 "vezes: basic_consume só registra o consumidor (quem entrega as mensagens é o laço: "
+                 "start_consuming(), process_data_events() ou consume()), e um canal do pika não pode ser usado "
+                 "por várias threads.")
+THREADS_CONSUME = ("Conexões e canais do pika não são thread-safe: só a thread que criou a conexão pode "
+                   "usá-la. Ou cada thread abre a sua própria conexão, dentro dela, e consome nela; ou uma "
+                   "thread só consome e as trabalhadoras confirmam por connection.add_callback_threadsafe(...).")
+
+
+def _amqp_advice(exc: BaseException) -> str | None:
+    """The chapter's extra sentence for an AMQP error that escaped the learner's code."""
+    text = f"{getattr(exc, 'reply_text', '')} {exc}"
+    for needle, sentence in AMQP_ADVICE.items():
+        if needle in text:
+            return sentence
+    if isinstance(exc, pika.exceptions.ChannelWrongStateError):
+        return CHANNEL_WAS_CLOSED
+    return None
+
+
+# --- watching the learner's use of pika (kernel side) ----------------------------------------------
+
+@dataclass
+class _Settle:
+    kind: str             # basic_ack | basic_nack | basic_reject
+    requeue: bool
+    thread: threading.Thread
+    at: float             # time.monotonic() when the learner's code made the call
+    bodies: list = field(default_factory=list)  # the messages it settles (deliveries the watch saw)
+    known: bool = True    # the delivery tag was delivered on that channel
+
+
+class _PikaWatch:
+    """Watches, for the duration of a learner's call, how the learner's code uses pika.
+
+    Patches BlockingConnection.__init__ and a few BlockingChannel methods on the classes (public API
+    only) inside `with`, and restores them on exit. Only connections created inside the block, or
+    `adopt`ed, are watched; any other connection in the process is left alone. Records:
+    - `consumers`: (how, auto_ack) of every basic_consume / consume / basic_get, and
+      `started_consuming`, whether start_consuming() ran;
+    - `deliveries`: the messages delivered to those consumers, per channel and delivery tag;
+    - `settles`: every basic_ack / basic_nack / basic_reject, with the messages it settled;
+    - `violations`: (method, calling thread, connection's thread) for every call made from a thread
+      other than the one that created the connection. An ack/nack/reject from the wrong thread is
+      then performed through connection.add_callback_threadsafe, so that pika's internals are not
+      corrupted and the check can report the real cause.
+    """
+
+    SETTLES = ("basic_ack", "basic_nack", "basic_reject")
+
+    def __init__(self) -> None:
+        self.owners: dict[int, tuple[Any, threading.Thread]] = {}
+        self.consumers: list[tuple[str, bool]] = []
+        self.started_consuming = False  # start_consuming() was called on a watched channel
+        self.deliveries: dict[tuple[int, int], bytes] = {}
+        self.settled: set[tuple[int, int]] = set()
+        self.settles: list[_Settle] = []
+        self.violations: list[tuple[str, threading.Thread, threading.Thread]] = []
+        self._channels: dict[int, Any] = {}
+        self._saved: dict[tuple[type, str], Any] = {}
+
+    def adopt(self, connection) -> None:
+        """Watch a connection the check created (in the current thread)."""
+        self.owners[id(connection)] = (connection, threading.current_thread())
+
+    # bookkeeping ----------------------------------------------------------------------------------
+    def _owner(self, channel) -> threading.Thread | None:
+        try:
+            entry = self.owners.get(id(channel.connection))
+        except Exception:  # noqa: BLE001 - a channel in a broken state
+            return None
+        return entry[1] if entry else None
+
+    def _check_thread(self, what: str, channel) -> bool:
+        """Record a call from a thread that does not own the connection; True if it was one."""
+        owner, here = self._owner(channel), threading.current_thread()
+        if owner is not None and owner is not here:
+            self.violations.append((what, here, owner))
+            return True
+        return False
+
+    def _delivered(self, channel, method, body) -> None:
+        self._channels[id(channel)] = channel  # keeps the id unique while we hold it
+        self.deliveries[(id(channel), method.delivery_tag)] = body
+
+    def _settling(self, channel, tag: int, multiple: bool) -> tuple[list, bool]:
+        key = id(channel)
+        if multiple:
+            keys = [k for k in list(self.deliveries) if k[0] == key and (tag == 0 or k[1] <= tag)
+                    and k not in self.settled]
+        else:
+            keys = [(key, tag)] if (key, tag) in self.deliveries else []
+        self.settled.update(keys)
+        return [self.deliveries[k] for k in keys], bool(keys) or multiple
+
+    # patching ---------------------------------------------------------------------------------------
+    def __enter__(self) -> "_PikaWatch":
+        watch = self
+        for cls, name in [(BlockingConnection, "__init__"), (BlockingConnection, "process_data_events"),
+                          (BlockingChannel, "basic_consume"), (BlockingChannel, "consume"),
+                          (BlockingChannel, "basic_get"), (BlockingChannel, "start_consuming"),
+                          *[(BlockingChannel, n) for n in self.SETTLES]]:
+            self._saved[(cls, name)] = cls.__dict__[name]
+
+        init = self._saved[(BlockingConnection, "__init__")]
+
+        @functools.wraps(init)
+        def __init__(connection, *args, **kwargs):
+            init(connection, *args, **kwargs)
+            watch.owners[id(connection)] = (connection, threading.current_thread())
+
+        events = self._saved[(BlockingConnection, "process_data_events")]
+
+        @functools.wraps(events)
+        def process_data_events(connection, *args, **kwargs):
+            entry = watch.owners.get(id(connection))
+            if entry is not None and entry[1] is not threading.current_thread():
+                watch.violations.append(("process_data_events", threading.current_thread(), entry[1]))
+            return events(connection, *args, **kwargs)
+
+        def settle_wrapper(name):
+            original = self._saved[(BlockingChannel, name)]
+            signature = inspect.signature(original)
+
+            @functools.wraps(original)
+            def settle(channel, *args, **kwargs):
+                if watch._owner(channel) is None:
+                    return original(channel, *args, **kwargs)
+                try:
+                    bound = signature.bind(channel, *args, **kwargs)
+                except TypeError:
+                    return original(channel, *args, **kwargs)  # the learner's TypeError, as pika gives it
+                bound.apply_defaults()
+                a = bound.arguments
+                bodies, known = watch._settling(channel, a["delivery_tag"], a.get("multiple", False))
+                watch.settles.append(_Settle(name, bool(a.get("requeue", False)), threading.current_thread(),
+                                             time.monotonic(), bodies, known))
+                if watch._check_thread(name, channel):
+                    channel.connection.add_callback_threadsafe(
+                        functools.partial(original, channel, *args, **kwargs))
+                    return None
+                return original(channel, *args, **kwargs)
+            return settle
+
+        basic_consume = self._saved[(BlockingChannel, "basic_consume")]
+        consume_signature = inspect.signature(basic_consume)
+
+        @functools.wraps(basic_consume)
+        def basic_consume_watched(channel, *args, **kwargs):
+            if watch._owner(channel) is None:
+                return basic_consume(channel, *args, **kwargs)
+            try:
+                bound = consume_signature.bind(channel, *args, **kwargs)
+            except TypeError:
+                return basic_consume(channel, *args, **kwargs)
+            bound.apply_defaults()
+            callback = bound.arguments["on_message_callback"]
+            watch.consumers.append(("basic_consume", bool(bound.arguments["auto_ack"])))
+            watch._check_thread("basic_consume", channel)
+            if callable(callback):
+                def on_message(ch, method, properties, body):
+                    watch._delivered(ch, method, body)
+                    return callback(ch, method, properties, body)
+                bound.arguments["on_message_callback"] = on_message
+            return basic_consume(*bound.args, **bound.kwargs)
+
+        consume = self._saved[(BlockingChannel, "consume")]
+        generator_signature = inspect.signature(consume)
+
+        @functools.wraps(consume)
+        def consume_watched(channel, *args, **kwargs):
+            if watch._owner(channel) is None:
+                return consume(channel, *args, **kwargs)
+            try:
+                bound = generator_signature.bind(channel, *args, **kwargs)
+                bound.apply_defaults()
+                watch.consumers.append(("consume", bool(bound.arguments["auto_ack"])))
+            except TypeError:
+                pass
+            return watch._relay(channel, consume(channel, *args, **kwargs))
+
+        basic_get = self._saved[(BlockingChannel, "basic_get")]
+        get_signature = inspect.signature(basic_get)
+
+        @functools.wraps(basic_get)
+        def basic_get_watched(channel, *args, **kwargs):
+            if watch._owner(channel) is None:
+                return basic_get(channel, *args, **kwargs)
+            try:
+                bound = get_signature.bind(channel, *args, **kwargs)
+                bound.apply_defaults()
+                watch.consumers.append(("basic_get", bool(bound.arguments["auto_ack"])))
+            except TypeError:
+                pass
+            watch._check_thread("basic_get", channel)
+            method, properties, body = basic_get(channel, *args, **kwargs)
+            if method is not None:
+                watch._delivered(channel, method, body)
+            return method, properties, body
+
+        start = self._saved[(BlockingChannel, "start_consuming")]
+
+        @functools.wraps(start)
+        def start_consuming(channel, *args, **kwargs):
+            if watch._owner(channel) is not None:
+                watch.started_consuming = True
+                watch._check_thread("start_consuming", channel)
+            return start(channel, *args, **kwargs)
+
+        BlockingConnection.__init__ = __init__
+        BlockingConnection.process_data_events = process_data_events
+        BlockingChannel.basic_consume = basic_consume_watched
+        BlockingChannel.consume = consume_watched
+        BlockingChannel.basic_get = basic_get_watched
+        BlockingChannel.start_consuming = start_consuming
+        for name in self.SETTLES:
+            setattr(BlockingChannel, name, settle_wrapper(name))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for (cls, name), original in self._saved.items():
+            setattr(cls, name, original)
+
+    def _relay(self, channel, generator):
+        """channel.consume(...)'s generator, recording what it delivers and who iterates it."""
+        seen: set = set()
+        try:
+            while True:
+                here = threading.current_thread()
+                if here not in seen:
+                    seen.add(here)
+                    self._check_thread("consume", channel)
+                try:
+                    item = next(generator)
+                except StopIteration:
+                    return
+                method, _properties, body = item
+                if method is not None:
+                    self._delivered(channel, method, body)
+                yield item
+        finally:
+            generator.close()
+
+    # what the learner did ---------------------------------------------------------------------------
+    def auto_ack(self) -> bool:
+        return any(auto for _, auto in self.consumers)
+
+    def requeued(self) -> list[_Settle]:
+        return [s for s in self.settles if s.kind != "basic_ack" and s.requeue]
+
+    def outcomes(self) -> dict[bytes, list[str]]:
+        """What happened to each delivered message, in order: 'ack', 'reject', 'requeue'."""
+        result: dict[bytes, list[str]] = {}
+        for s in self.settles:
+            what = "ack" if s.kind == "basic_ack" else ("requeue" if s.requeue else "reject")
+            for body in s.bodies:
+                result.setdefault(body, []).append(what)
+        return result
+
+    def thread_hint(self, name: str) -> str | None:
+        """The pt-BR hint for the first thread violation, or None."""
+        if not self.violations:
+            return None
+        what, here, owner = self.violations[0]
+        where = f"a thread '{here.name}' usou uma conexão criada pela thread '{owner.name}'"
+        if what in self.SETTLES:
+            count = sum(1 for v in self.violations if v[0] in self.SETTLES)
+            return (f"`{name}` chamou {what} de uma thread que não é a da conexão ({where}; {count} "
+                    f"chamada(s) assim). {THREADS_ACK}")
+        ebook = f"{THREADS_EBOOK} " if what == "basic_consume" else ""
+        return f"`{name}` chamou {what} de uma thread que não criou a conexão ({where}). {ebook}{THREADS_CONSUME}"
+
+
+def _call_watched(ctx: CheckContext, watch: _PikaWatch, name: str, *args, **kwargs):
+    """kit.call inside the watch; a thread violation, when there is one, is the real cause of
+    whatever else went wrong (pika fails at random when a connection is shared between threads)."""
+    try:
+        with watch:
+            return kit.call(ctx, name, *args, advice=_amqp_advice, **kwargs)
+    except AssertionError as exc:
+        hint = watch.thread_hint(name)
+        if hint is None:
+            raise
+        raise AssertionError(f"{hint} (A chamada terminou assim: {exc})") from None
+
+
+# --- reading the broker ------------------------------------------------------------------------------
+
+def _x_death_from(message: dict, queue: str) -> bool:
+    """A message read through the management API was dead-lettered from `queue` by a reject/nack."""
+    headers = (message.get("properties") or {}).get("headers") or {}
+    return any(d.get("queue") == queue and d.get("reason") == "rejected" for d in headers.get("x-death") or [])
+
+
+def _dead_lettered(ctx: CheckContext, dead: str, source: str, expected: int) -> list[str] | None:
+    """Bodies in `dead` that the broker dead-lettered from `source` (x-death: rejected), or None if
+    `dead` is gone. Exact: a passive declare and the management API's peek, no statistics. The
+    broker moves a rejected message in the background; a short look gives it the time if the count
+    is still short."""
+    counts = ctx.eventually(lambda: kit.exact_counts(ctx, dead), lambda c: c is None or c[0] >= expected,
+                            timeout=0.2)
+    if counts is None:
+        return None
+    messages = ctx.management.peek(dead, counts[0] + 1) if counts[0] else []
+    return [m.get("payload", "") if _x_death_from(m, source)
+            else f"{m.get('payload', '')} (publicada direto, não recusada)" for m in messages]
+
+
+class _CheckConnection:
+    """The check's own connection, handed to the learner's function, with a name of its own so that
+    the broker can drop it. The time limit interrupts the learner's code wherever it is, pika's
+    writes included; a connection left mid-frame may then never finish a polite close (it waits for
+    a reply to a frame it never sent, until the heartbeat gives up minutes later). After a timeout
+    the check has the broker close it instead (management API), then closes its side."""
+
+    def __init__(self, ctx: CheckContext):
+        self.ctx = ctx
+        self.tag = f"curso-verificacao-{uuid.uuid4().hex[:12]}"
+        self.connection = ctx.curso.connect(client_properties={"connection_name": self.tag})
+        self.timed_out = False
+
+    def close(self) -> None:
+        if self.timed_out and self.connection.is_open:
+            def mine():
+                return [c["name"] for c in self.ctx.management.connections()
+                        if (c.get("client_properties") or {}).get("connection_name") == self.tag]
+            for name in self.ctx.eventually(mine, bool):
+                self.ctx.management.close_connection(name)
+        kit.close_quietly(self.connection)
+
+
+def _publish(ctx: CheckContext, queue: str, bodies) -> None:
+    with ctx.curso.connect() as connection:
+        channel = connection.channel()
+        for body in bodies:
+            channel.basic_publish(exchange="", routing_key=queue, body=body, properties=kit.PERSISTENT)
+
+
+class _LatePublisher(threading.Thread):
+    """Publishes `bodies` to `queue` `after` seconds into the learner's call, from a connection of
+    its own, created in this thread (the learner's connection sees nothing but the messages)."""
+
+    def __init__(self, ctx: CheckContext, queue: str, bodies, after: float):
+        super().__init__(name="curso-publicador-atrasado", daemon=True)
+        self.ctx, self.queue, self.bodies, self.after = ctx, queue, list(bodies), after
+        self.ready, self.go, self.now = threading.Event(), threading.Event(), threading.Event()
+        self.published = False
+
+    def run(self) -> None:
+        try:
+            with self.ctx.curso.connect() as connection:
+                channel = connection.channel()
+                self.ready.set()
+                self.go.wait(timeout=60)
+                self.now.wait(timeout=self.after)  # `now`: the call is over, publish at once
+                for body in self.bodies:
+                    channel.basic_publish(exchange="", routing_key=self.queue, body=body,
+                                          properties=kit.PERSISTENT)
+                self.published = True
+        except Exception:  # noqa: BLE001 - then the check publishes them itself, afterwards
+            pass
+        finally:
+            self.ready.set()
+
+    def __enter__(self) -> "_LatePublisher":
+        self.start()
+        self.ready.wait(timeout=10)
+        self.go.set()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.now.set()
+        self.join(timeout=10)
+        if not self.published:
+            _publish(self.ctx, self.queue, self.bodies)
+
+
+def _show(bodies) -> str:
+    return ", ".join(repr(b.decode("utf-8", "replace") if isinstance(b, bytes) else b) for b in bodies)
+
+
+# 5.1 ---------------------------------------------------------------------------------------------
+def _why_invalid(body: str) -> str | None:
+    """Why an order is invalid (pt-BR), or None if it is valid."""
+    try:
+        pedido = json.loads(body)
+    except ValueError:
+        return "não é JSON"
+    if not isinstance(pedido, dict):
+        return "não é um objeto JSON"
+    if "quantidade" not in pedido:
+        return "não tem o campo quantidade"
+    q = pedido["quantidade"]
+    if isinstance(q, bool):
+        return f"quantidade {json.dumps(q)} é um booleano (bool), não um inteiro"
+    if not isinstance(q, int):
+        return f"quantidade {json.dumps(q)} não é um inteiro do JSON ({type(q).__name__})"
+    if q <= 0:
+        return f"quantidade {q} não é maior que zero"
+    return None
+
+
+class PedidosValidos(Exercise):
+    id = "5.1"
+    title = "processar_pedidos() confirma os pedidos válidos e rejeita os inválidos sem devolvê-los à fila."
+    points = 2
+    queue = "pedidos"
+    dead = "pedidos_invalidos"
+    call_timeout = 4.0  # a right answer needs ~1.5 s: late orders at 0.3 s, then 1 s of silence
+    early = [  # published before the call
+        '{"pedido": 101, "quantidade": 2}',
+        '{"pedido": 102, "quantidade": 1}',
+        "isto não é JSON",
+        '{"pedido": 103, "quantidade": 0}',
+        '{"pedido": 104, "quantidade": 5}',
+        '{"pedido": 105}',
+        '{"pedido": 106, "quantidade": true}',
+    ]
+    late = [  # published `late_after` seconds into the call, while the learner's loop runs
+        '{"pedido": 107, "quantidade": 3}',
+        '[108, 2]',
+        '{"pedido": 109, "quantidade": 2.5}',
+        '{"pedido": 110, "quantidade": "2"}',
+        '{"pedido": 111, "quantidade": 4}',
+    ]
+    late_after = 0.3
+
+    @property
+    def messages(self) -> list[str]:
+        return self.early + self.late
+
+    @property
+    def valid(self) -> list[int]:
+        return [json.loads(b)["pedido"] for b in self.messages if _why_invalid(b) is None]
+
+    @property
+    def invalid(self) -> list[str]:
+        return [b for b in self.messages if _why_invalid(b) is not None]
+
+    def _explain(self, bodies) -> str:
+        return "; ".join(f"{_show([b])} ({_why_invalid(b.decode() if isinstance(b, bytes) else b) or 'válido'})"
+                         for b in bodies)
+
+    def run(self, ctx: CheckContext) -> None:
+        kit.fresh_queue(ctx, self.dead)
+        watch = _PikaWatch()
+        check = _CheckConnection(ctx)
+        connection = check.connection
+        watch.adopt(connection)
+        try:
+            channel = connection.channel()
+            kit.fresh_queue(ctx, self.queue, self.early, arguments=kit.dead_letter_to(self.dead), channel=channel)
+            with _LatePublisher(ctx, self.queue, self.late, self.late_after):
+                result = _call_watched(ctx, watch, "processar_pedidos", channel, self.queue,
+                                       on_timeout=lambda: self._on_timeout(ctx, watch, check),
+                                       timeout=self.call_timeout)
+            # Still open: a consumer left registered shows in a passive declare, exactly.
+            counts = kit.exact_counts(ctx, self.queue)
+        finally:
+            # Closing returns whatever was delivered and not settled: only then does the queue show
+            # what processar_pedidos() really did.
+            check.close()
+
+        hint = watch.thread_hint("processar_pedidos")
+        expect(hint is None, hint)
+        expect(watch.consumers, "processar_pedidos() não registrou nenhum consumidor. Registre-o com "
+                                "tag = channel.basic_consume(queue=fila, on_message_callback=callback) e rode o "
+                                "laço com channel.connection.process_data_events(time_limit=...).")
+        expect(any(how == "basic_consume" for how, _ in watch.consumers),
+               f"processar_pedidos() consumiu com {watch.consumers[0][0]}(), mas este exercício é sobre o "
+               f"consumidor com callback: registre-o com channel.basic_consume(queue=fila, "
+               f"on_message_callback=callback) e rode o laço com channel.connection.process_data_events(...).")
+        expect(not watch.started_consuming,
+               "processar_pedidos() rodou o laço com start_consuming(), que só para quando alguém chama "
+               "stop_consuming(): este exercício pede o laço com channel.connection.process_data_events("
+               "time_limit=...) num while, que para depois de 1 s sem mensagem nova.")
+        expect(not watch.auto_ack(),
+               f"O consumidor foi registrado com auto_ack=True: o broker apaga cada mensagem ao entregá-la, e as "
+               f"inválidas não podem mais ser recusadas. {phrases.MANUAL_ACK}")
+        requeued = watch.requeued()
+        example = next((_show(s.bodies[:1]) for s in requeued if s.bodies), "uma entrega")
+        expect(not requeued,
+               f"processar_pedidos() devolveu mensagens à fila com requeue=True ({len(requeued)} vez(es), por "
+               f"exemplo {example}): uma mensagem inválida volta, é "
+               f"recusada de novo, volta... sem fim, e nunca fica válida. Recuse-a com "
+               f"ch.basic_reject(delivery_tag=method.delivery_tag, requeue=False).")
+        after = f"{self.late_after:.1f}".replace(".", ",")
+        delivered = set(watch.deliveries.values())
+        expect(all(b.encode() in delivered for b in self.late),
+               f"processar_pedidos() voltou cedo demais: {len(self.late)} pedidos chegaram à fila {after} s depois "
+               f"de a função começar, e o seu laço já tinha parado. Uma fila de verdade recebe mensagens enquanto "
+               f"você consome: rode process_data_events(time_limit=...) num while até passar 1 s sem mensagem "
+               f"nova (guarde no callback a hora da última mensagem).")
+        expect(counts is None or counts[1] == 0,
+               "Depois que processar_pedidos() voltou, o consumidor continuava registrado na fila "
+               f"'{self.queue}' (o broker ainda mostrava {counts and counts[1]} consumidor): o broker continua "
+               "entregando mensagens a ele, que ficam presas sem ack até o canal fechar. Antes de voltar, "
+               "cancele-o com channel.basic_cancel(tag), usando a tag que basic_consume devolveu.")
+
+        outcomes = watch.outcomes()
+        by_body = {b: outcomes.get(b.encode(), []) for b in self.messages}
+        acked_invalid = [b for b in self.invalid if "ack" in by_body[b]]
+        expect(not acked_invalid,
+               f"Você confirmou (basic_ack) pedidos inválidos: {self._explain(acked_invalid)}. Válido é um objeto "
+               f"JSON cuja quantidade é um inteiro do JSON maior que zero (em Python: isinstance(q, int) and not "
+               f"isinstance(q, bool) and q > 0); os outros se recusam com requeue=False.")
+        rejected_valid = [b for b in self.messages if b not in self.invalid and "reject" in by_body[b]]
+        expect(not rejected_valid, f"Você recusou pedidos válidos: {self._explain(rejected_valid)}. Esses se "
+                                   f"confirmam com ch.basic_ack(delivery_tag=method.delivery_tag).")
+        unsettled = [b for b in self.messages if not by_body[b] and b.encode() in delivered]
+        expect(not unsettled, f"{len(unsettled)} mensagens foram entregues e nem confirmadas nem recusadas "
+                              f"({_show(unsettled[:3])}{'...' if len(unsettled) > 3 else ''}): voltaram para a "
+                              f"fila quando a conexão fechou. Toda entrega precisa de um basic_ack (válidas) ou "
+                              f"de um basic_reject(..., requeue=False) (inválidas).")
+        expect(isinstance(result, list),
+               f"processar_pedidos() deveria devolver uma lista, devolveu {type(result).__name__}.")
+        returned_invalid = [b for b in self.invalid if b.startswith("{") and json.loads(b).get("pedido") in result]
+        expect(not returned_invalid, f"processar_pedidos() devolveu {result!r}, com números de pedidos inválidos: "
+                                     f"{self._explain(returned_invalid)}.")
+        expect(result == self.valid,
+               f"processar_pedidos() devolveu {result!r}; esperava {self.valid!r}: os números (campo 'pedido') "
+               f"dos pedidos válidos, na ordem em que chegaram.")
+
+    def _on_timeout(self, ctx: CheckContext, watch: _PikaWatch, check: _CheckConnection) -> str:
+        check.timed_out = True
+        requeued = watch.requeued()
+        redelivered = kit.stats(ctx.queue(self.queue)).get("redeliver", 0)
+        if requeued or redelivered:
+            return (f"`processar_pedidos` não terminou em {self.call_timeout:.0f} s: ela devolveu mensagens à "
+                    f"fila com requeue=True {len(requeued)} vez(es). É um laço sem fim: a mensagem inválida volta, "
+                    f"é recusada de novo, volta... e nunca passa 1 s sem mensagem nova. O broker registrou "
+                    f"{redelivered} reentregas. {phrases.STATS_MAY_LAG} Recuse as inválidas com "
+                    f"ch.basic_reject(delivery_tag=method.delivery_tag, requeue=False): uma mensagem inválida "
+                    f"nunca vai ficar válida.")
+        return (f"`processar_pedidos` não terminou em {self.call_timeout:.0f} s. Rode "
+                f"process_data_events(time_limit=...) num while que para depois de 1 s sem mensagem nova (guarde no "
+                f"callback a hora da última mensagem); start_consuming() espera mensagens para sempre.")
+
+    def verify(self, ctx: CheckContext) -> None:
+        n = len(self.messages)
+        counts = kit.exact_counts(ctx, self.queue)
+        expect(counts is not None, phrases.queue_missing(self.queue))
+        ready, consumers = counts
+        expect(consumers == 0, f"Ainda há {consumers} consumidor(es) registrado(s) na fila '{self.queue}': "
+                               f"cancele o consumidor (channel.basic_cancel(tag)) e feche o que abrir.")
+        if ready:
+            s = kit.stats(ctx.queue(self.queue))  # one look, no wait: only to word the hint
+            if s.get("redeliver", 0) > n:
+                why = (f"o broker registrou {s['redeliver']} reentregas: você devolveu "
+                       f"mensagens à fila (requeue=True, o padrão do basic_nack). Uma mensagem inválida nunca vai "
+                       f"ficar válida: recuse-a com ch.basic_reject(delivery_tag=..., requeue=False). "
+                       f"{phrases.STATS_MAY_LAG}")
+            else:
+                why = ("foram entregues e não confirmadas nem recusadas (voltaram quando a conexão fechou), ou "
+                       "nem chegaram a ser consumidas: toda entrega precisa de um basic_ack (válidas) ou de um "
+                       "basic_reject(..., requeue=False) (inválidas), e o laço só para depois de 1 s sem "
+                       "mensagem nova.")
+            expect(False, f"Ficaram {ready} de {n} mensagens na fila '{self.queue}': {why}")
+        rejected = _dead_lettered(ctx, self.dead, self.queue, len(self.invalid))
+        expect(rejected is not None, phrases.queue_missing(self.dead))
+        expect(sorted(rejected) == sorted(self.invalid),
+               f"A fila '{self.dead}' (para onde o broker manda o que você recusa com requeue=False) tem "
+               f"{sorted(rejected)!r}; esperava exatamente as {len(self.invalid)} mensagens inválidas "
+               f"{sorted(self.invalid)!r}.")
+        if ctx.namespace is not None:
+            return  # in the kernel, run() saw every ack exactly; the counters are the grader's evidence
+        q = ctx.queue_when(self.queue, lambda q: kit.no_ack_deliveries(q)
+                           or kit.stats(q).get("ack", 0) >= len(self.valid))
+        s, no_ack = kit.stats(q), kit.no_ack_deliveries(q)
+        expect(no_ack == 0, f"{no_ack} mensagens foram entregues com auto_ack=True: o "
+                            f"broker as apagou ao entregar. {phrases.MANUAL_ACK} {phrases.STATS_MAY_LAG}")
+        acks = s.get("ack", 0)
+        expect(acks == len(self.valid),
+               f"O broker registrou {acks} ack(s) na fila '{self.queue}'; esperava "
+               f"{len(self.valid)}, um por pedido válido. {phrases.STATS_MAY_LAG}")
+
+
+# 5.2 ---------------------------------------------------------------------------------------------
+class _Recorder:
+    """The `processar` the check hands to the learner: records who processed what, when each call
+    ended, and how many ran at once."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.lock = threading.Lock()
+        self.calls: list[tuple[object, threading.Thread]] = []
+        self.finished: list[float] = []
+        self.active = 0
+        self.peak = 0
+
+    def __call__(self, corpo) -> None:
+        with self.lock:
+            self.calls.append((corpo, threading.current_thread()))
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            time.sleep(self.seconds)
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.finished.append(time.monotonic())  # before returning: an ack after it is later
+
+
+def _settled_early(settles: list[_Settle], finished: list[float]) -> int:
+    """How far the settlements ran ahead of the processar calls that had ended: at every ack (or
+    nack/reject), at most as many settlements as ended calls, if each follows its own call."""
+    events = sorted([(t, 0) for t in finished] + [(s.at, 1) for s in settles])
+    ended = settled = ahead = 0
+    for _, kind in events:
+        if kind == 0:
+            ended += 1
+        else:
+            settled += 1
+            ahead = max(ahead, settled - ended)
+    return ahead
+
+
+class EmParalelo(Exercise):
+    id = "5.2"
+    title = "consumir_em_paralelo() processa tudo uma vez, em várias threads, com ack no canal certo."
+    points = 3
+    queue = "trabalhos"
+    count = 24
+    k = 4
+    work_seconds = 0.1
+    call_timeout = 10.0
+
+    @property
+    def bodies(self) -> list[str]:
+        return [f"trabalho {i:02d}" for i in range(1, self.count + 1)]
+
+    def snapshot(self, ctx: CheckContext) -> None:
+        self.before = kit.connection_names(ctx)
+
+    def run(self, ctx: CheckContext) -> None:
+        kit.fresh_queue(ctx, self.queue, self.bodies)
+        recorder = _Recorder(self.work_seconds)
+        watch = _PikaWatch()
+        threads_before = set(threading.enumerate())
+        connections_before = kit.open_connections()
+        try:
+            _call_watched(ctx, watch, "consumir_em_paralelo", self.queue, self.k, recorder)
+        finally:
+            left = self._stray_threads(threads_before)
+        names = ", ".join(t.name for t in left[:4])
+
+        hint = watch.thread_hint("consumir_em_paralelo")
+        expect(hint is None, hint)
+        expect(not left, f"consumir_em_paralelo() voltou deixando {len(left)} thread(s) rodando ({names}). Espere "
+                         f"cada uma terminar (thread.join(), ou pool.shutdown(wait=True)) antes de voltar.")
+        expect(not watch.auto_ack(),
+               f"consumir_em_paralelo() consumiu com auto_ack=True: o broker apaga cada mensagem ao entregá-la, "
+               f"antes de qualquer processamento (e, sem acks pendentes, ignora o prefetch e empurra tudo para o "
+               f"primeiro consumidor). {phrases.MANUAL_ACK}")
+        expect(watch.consumers, "consumir_em_paralelo() não consumiu a fila: nenhum basic_consume, consume() ou "
+                                "basic_get. Cada mensagem processada precisa vir da fila (e ser confirmada depois).")
+        with recorder.lock:
+            calls = list(recorder.calls)
+            finished = list(recorder.finished)
+            peak = recorder.peak
+        expect(calls, "processar nunca foi chamada. Para cada mensagem consumida, chame processar(corpo) numa "
+                      "thread trabalhadora e só depois confirme a mensagem. (Lembre: basic_consume só registra o "
+                      "consumidor; alguém precisa rodar o laço que entrega as mensagens.)")
+        expect(all(isinstance(c, str) for c, _ in calls),
+               "processar deve receber o corpo como texto (str): use body.decode().")
+        seen = Counter(c for c, _ in calls)
+        twice = sorted(c for c, n in seen.items() if n > 1)
+        expect(not twice, f"{len(twice)} mensagem(ns) foram processadas mais de uma vez ({twice[:3]}...). Isso "
+                          f"acontece quando o ack se perde (canal fechado por um ack duplicado ou feito no canal "
+                          f"errado) e o broker reentrega a mensagem.")
+        ahead = _settled_early(watch.settles, finished)
+        expect(not ahead, f"consumir_em_paralelo() confirmou mensagens antes de processar voltar (em algum "
+                          f"momento, {ahead} ack(s) à frente das chamadas de processar já terminadas). Se o "
+                          f"programa cair no meio do trabalho, uma mensagem confirmada antes de processar se perde: "
+                          f"chame basic_ack só depois que processar(corpo) voltar.")
+        foreign = [s for s in watch.settles if not s.known]
+        expect(not foreign, f"consumir_em_paralelo() confirmou {len(foreign)} entrega(s) num canal que não as "
+                            f"entregou: a delivery tag só vale no canal que entregou a mensagem (em outro, o broker "
+                            f"fecha o canal com 406 'unknown delivery tag'). Confirme no canal que a entregou — de "
+                            f"outra thread, por connection.add_callback_threadsafe(...).")
+        expect(watch.settles, "Nenhuma mensagem foi confirmada: com auto_ack=False, cada uma precisa de "
+                              "ch.basic_ack(delivery_tag=method.delivery_tag) depois que processar voltar; sem "
+                              "acks, cada consumidor recebe até o limite do prefetch e para.")
+        not_acks = Counter(s.kind for s in watch.settles if s.kind != "basic_ack")
+        expect(not not_acks, f"consumir_em_paralelo() recusou mensagens ({dict(not_acks)}) em vez de confirmá-las: "
+                             f"depois que processar voltar, confirme com ch.basic_ack(delivery_tag=...).")
+        missing = [b for b in self.bodies if b not in seen]
+        expect(not missing, f"{len(missing)} de {self.count} mensagens nunca foram processadas ({missing[:3]}...). "
+                            f"Consuma até a fila esvaziar (pare depois de ~1 s sem mensagens novas) e confirme cada "
+                            f"uma no canal que a entregou: um consumidor cujos acks não chegam recebe até o limite "
+                            f"do prefetch e para.")
+        expect(peak > 1,
+               f"{len({t for _, t in calls})} thread(s) processaram mensagens, mas nunca duas ao mesmo tempo: o "
+               f"trabalho não foi feito em paralelo. Use {self.k} threads (uma conexão por thread, criada nela, com "
+               f"basic_qos(prefetch_count=1); ou um pool de threads trabalhadoras que confirma com "
+               f"connection.add_callback_threadsafe(...)).")
+        expect(peak <= self.k, f"Houve {peak} chamadas de processar ao mesmo tempo; k = {self.k} é o limite: use "
+                               f"{self.k} threads trabalhadoras (ou ThreadPoolExecutor(max_workers=k)).")
+        leaked = kit.open_connections() - connections_before
+        expect(not leaked, f"consumir_em_paralelo() deixou {len(leaked)} conexão(ões) aberta(s). "
+                           f"{phrases.CLOSE_CONNECTION} Numa thread: `with pika.BlockingConnection(curso.params()) as "
+                           f"connection:` dentro dela.")
+
+    def _stray_threads(self, before: set) -> list[threading.Thread]:
+        """Threads the learner's call started and left running; waits (bounded) for them so that they
+        do not meddle with what comes next."""
+        deadline = time.monotonic() + 1.0  # a thread that was joined may take a moment to vanish
+        left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = [t for t in left if t.is_alive()]
+        for t in left:
+            t.join(timeout=max(0.0, deadline + self.call_timeout - time.monotonic()))
+        return left
+
+    def verify(self, ctx: CheckContext) -> None:
+        counts = kit.exact_counts(ctx, self.queue)
+        expect(counts is not None, phrases.queue_missing(self.queue))
+        ready, consumers = counts
+        expect(consumers == 0, f"Ainda há {consumers} consumidor(es) registrado(s) na fila '{self.queue}': "
+                               f"alguma conexão aberta por consumir_em_paralelo() continua consumindo. Cancele os "
+                               f"consumidores e feche as conexões antes de voltar.")
+        expect(ready == 0,
+               f"Ficaram {ready} de {self.count} mensagens prontas na fila '{self.queue}': elas não foram "
+               f"consumidas, ou foram entregues e voltaram sem ack (ack esquecido, ou um canal fechado pelo broker "
+               f"por um ack duplicado ou feito no canal errado — PRECONDITION_FAILED).")
+        if ctx.namespace is not None:
+            return  # in the kernel, run() saw connections, acks and threads exactly
+        leaked = kit.connections_now(ctx) - self.before
+        expect(not leaked, f"O broker ainda mostra {len(leaked)} conexão(ões) aberta(s) por consumir_em_paralelo(). "
+                           f"Feche cada conexão antes de voltar (use `with`).")
+        q = ctx.queue_when(self.queue, lambda q: kit.no_ack_deliveries(q)
+                           or kit.stats(q).get("ack", 0) >= self.count)
+        s, no_ack = kit.stats(q), kit.no_ack_deliveries(q)
+        expect(no_ack == 0, f"{no_ack} mensagens foram entregues com auto_ack=True: o broker "
+                            f"as apagou ao entregar, antes de qualquer processamento. {phrases.MANUAL_ACK} "
+                            f"{phrases.STATS_MAY_LAG}")
+        acks = s.get("ack", 0)
+        expect(acks == self.count, f"O broker registrou {acks} acks na fila '{self.queue}'; "
+                                   f"esperava {self.count}, um por mensagem. {phrases.STATS_MAY_LAG}")
+        redelivered = s.get("redeliver", 0)
+        expect(redelivered == 0,
+               f"O broker reentregou {redelivered} mensagem(ns): algum canal fechou com "
+               f"mensagens sem ack (um ack duplicado ou no canal errado fecha o canal com PRECONDITION_FAILED), e "
+               f"elas foram entregues de novo — processadas duas vezes. Confirme cada mensagem uma vez, no canal "
+               f"que a entregou. {phrases.STATS_MAY_LAG}")
+
+
+# 5.3 ---------------------------------------------------------------------------------------------
+class _Cobrador:
+    """The `cobrar` the check hands to the learner: fails some payments always, some only on the
+    first call."""
+
+    def __init__(self, always_fail: set[str], fail_once: set[str]):
+        self.always_fail, self.fail_once = always_fail, fail_once
+        self.attempts: Counter = Counter()
+        self.not_text: list = []  # what cobrar got that was not a str
+        self.lock = threading.Lock()
+
+    def __call__(self, corpo) -> bool:
+        if not isinstance(corpo, str):
+            self.not_text.append(corpo)
+        if isinstance(corpo, (bytes, bytearray)):
+            corpo = corpo.decode()
+        with self.lock:
+            self.attempts[corpo] += 1
+            attempt = self.attempts[corpo]
+        if corpo in self.always_fail:
+            return False
+        if corpo in self.fail_once:
+            return attempt > 1
+        return True
+
+
+class SegundaChance(Exercise):
+    id = "5.3"
+    title = "processar_pagamentos() dá uma (e só uma) segunda chance a cada pagamento que falha."
+    points = 3
+    queue = "pagamentos"
+    dead = "pagamentos_descartados"
+    call_timeout = 4.0  # a right answer needs ~1.1 s
+    bodies = [f"pagamento {i}" for i in range(1, 11)]
+    # A consumer fell with these in hand before the learner's runs: they come back redelivered, and
+    # that delivery was their first attempt.
+    crashed = ["pagamento 1", "pagamento 2"]
+    always_fail = {"pagamento 5", "pagamento 9"}
+    fail_once = {"pagamento 1", "pagamento 4", "pagamento 7"}  # the first call of cobrar fails
+
+    @property
+    def discarded(self) -> list[str]:
+        return [b for b in self.bodies if b in self.always_fail or (b in self.crashed and b in self.fail_once)]
+
+    @property
+    def paid(self) -> list[str]:
+        return [b for b in self.bodies if b not in self.discarded]
+
+    def tries(self, body: str) -> int:
+        """How many times a right answer calls cobrar(body)."""
+        if body in self.crashed:
+            return 1
+        return 2 if body in self.always_fail or body in self.fail_once else 1
+
+    @property
+    def redeliveries(self) -> int:
+        return sum(self.tries(b) for b in self.bodies) - len(self.bodies) + len(self.crashed)
+
+    def run(self, ctx: CheckContext) -> None:
+        kit.fresh_queue(ctx, self.dead)
+        cobrar = _Cobrador(self.always_fail, self.fail_once)
+        watch = _PikaWatch()
+        check = _CheckConnection(ctx)
+        connection = check.connection
+        watch.adopt(connection)
+        try:
+            channel = connection.channel()
+            kit.fresh_queue(ctx, self.queue, self.crashed, arguments=kit.dead_letter_to(self.dead), channel=channel)
+            self._crash_holding(connection)
+            for body in self.bodies:
+                if body not in self.crashed:
+                    channel.basic_publish(exchange="", routing_key=self.queue, body=body, properties=kit.PERSISTENT)
+            ctx.eventually(lambda: channel.queue_declare(queue=self.queue, passive=True).method.message_count,
+                           lambda ready: ready >= len(self.bodies), timeout=2.0)
+            result = _call_watched(ctx, watch, "processar_pagamentos", channel, self.queue, cobrar,
+                                   on_timeout=lambda: self._on_timeout(ctx, cobrar, check),
+                                   timeout=self.call_timeout)
+        finally:
+            check.close()
+
+        hint = watch.thread_hint("processar_pagamentos")
+        expect(hint is None, hint)
+        expect(not watch.auto_ack(),
+               f"processar_pagamentos() consumiu com auto_ack=True: o broker apaga cada mensagem ao entregá-la, e "
+               f"um pagamento que falhou não pode mais voltar para a fila. {phrases.MANUAL_ACK}")
+        attempts = dict(cobrar.attempts)
+        expect(attempts, "cobrar nunca foi chamada: consuma as mensagens da fila e chame cobrar(corpo) para cada uma.")
+        expect(not cobrar.not_text, f"cobrar recebeu {type(cobrar.not_text[0]).__name__ if cobrar.not_text else ''}; "
+                                    f"ela recebe o corpo como texto (str): use body.decode().")
+        many = sorted(b for b, n in attempts.items() if n > 2)
+        most = max((attempts[b] for b in many), default=0)
+        expect(not many, f"{many} foram tentados até {most} vezes; o máximo é 2: cada falha voltou para a fila "
+                         f"(requeue=True), sem fim. Como saber se uma entrega já é a segunda? O broker marca as "
+                         f"reentregas (method.redelivered); a falha de uma entrega com redelivered=True é a segunda "
+                         f"e deve ser descartada com requeue=False.")
+        again = sorted(b for b in self.crashed if attempts.get(b, 0) > 1)
+        expect(not again,
+               f"{again} já chegaram reentregues (method.redelivered=True: um consumidor anterior caiu com eles na "
+               f"mão, e essa foi a primeira tentativa); falharam de novo aqui e você os tentou mais uma vez. A "
+               f"contagem de tentativas não pode ficar na memória — um consumidor que reinicia a perde —: quem "
+               f"diz "
+               f"se esta entrega é a segunda é o broker, em method.redelivered. Se ela falhar com "
+               f"redelivered=True, descarte com requeue=False.")
+        once = sorted(b for b in self.fail_once if b not in self.crashed and attempts.get(b, 0) < 2)
+        expect(not once, f"{once} falharam na primeira tentativa e não foram tentados de novo: um pagamento que "
+                         f"falha pela primeira vez deve voltar para a fila (basic_nack com requeue=True) para uma "
+                         f"segunda tentativa.")
+        skipped = sorted(b for b in self.bodies if attempts.get(b, 0) == 0)
+        expect(not skipped, f"{skipped} nunca foram cobrados: consuma até a fila esvaziar (pare depois de ~1 s sem "
+                            f"mensagens novas).")
+        outcomes = watch.outcomes()
+        acked_failure = sorted(b for b in self.discarded if "ack" in outcomes.get(b.encode(), []))
+        expect(not acked_failure,
+               f"{acked_failure} falharam duas vezes e foram confirmados com basic_ack: assim o pagamento some sem "
+               f"deixar rastro. Na segunda falha, descarte com basic_reject(delivery_tag=..., requeue=False): a "
+               f"dead-letter exchange da fila o guarda em '{self.dead}'.")
+        expect(isinstance(result, list) and sorted(map(str, result)) == sorted(self.paid),
+               f"processar_pagamentos() devolveu {result!r}; esperava a lista dos pagamentos cobrados com sucesso "
+               f"(em qualquer ordem): {self.paid!r}.")
+
+    def _crash_holding(self, connection) -> None:
+        """A consumer that falls with the `crashed` messages in hand: it takes them without ack, and
+        its channel closes; the broker puts them back, marked redelivered."""
+        crash = connection.channel()
+        for _ in self.crashed:
+            crash.basic_get(queue=self.queue, auto_ack=False)
+        crash.close()
+
+    def _on_timeout(self, ctx: CheckContext, cobrar: _Cobrador, check: _CheckConnection) -> str:
+        check.timed_out = True
+        attempts = dict(cobrar.attempts)
+        looping = sorted((b for b, n in attempts.items() if n > 2), key=lambda b: -attempts[b])
+        if looping:
+            redelivered = kit.stats(ctx.queue(self.queue)).get("redeliver", 0)
+            return (f"`processar_pagamentos` não terminou em {self.call_timeout:.0f} s: {looping} foram tentados "
+                    f"{attempts[looping[0]]} vezes, porque cada falha volta para a fila com requeue=True. É um "
+                    f"laço sem fim: um pagamento que sempre falha volta, falha, volta... e a fila nunca fica 1 s "
+                    f"quieta. O broker registrou {redelivered} reentregas. "
+                    f"{phrases.STATS_MAY_LAG} Na segunda falha "
+                    f"(method.redelivered=True), descarte com requeue=False.")
+        return (f"`processar_pagamentos` não terminou em {self.call_timeout:.0f} s. Consuma com "
+                f"channel.consume(fila, inactivity_timeout=1) e pare no primeiro (None, None, None): 1 s sem "
+                f"mensagens novas.")
+
+    def verify(self, ctx: CheckContext) -> None:
+        n = len(self.bodies)
+        counts = kit.exact_counts(ctx, self.queue)
+        expect(counts is not None, phrases.queue_missing(self.queue))
+        ready, consumers = counts
+        expect(consumers == 0, f"Ainda há {consumers} consumidor(es) registrado(s) na fila '{self.queue}': cancele "
+                               f"o consumidor (channel.cancel()) antes de voltar.")
+        if ready:
+            s = kit.stats(ctx.queue(self.queue))  # one look, no wait: only to word the hint
+            if s.get("redeliver", 0) > 2 * n:
+                why = (f"o broker registrou {s['redeliver']} reentregas: as falhas voltaram "
+                       f"para a fila vezes sem fim (requeue=True em toda falha). Na segunda falha, descarte com "
+                       f"requeue=False. {phrases.STATS_MAY_LAG}")
+            else:
+                why = ("foram entregues e não confirmadas nem recusadas (voltaram quando a conexão fechou), ou nem "
+                       "chegaram a ser consumidas. Cada entrega termina em basic_ack, ou em basic_nack/basic_reject.")
+            expect(False, f"Ficaram {ready} de {n} mensagens na fila '{self.queue}': {why}")
+        discarded = _dead_lettered(ctx, self.dead, self.queue, len(self.discarded))
+        expect(discarded is not None, phrases.queue_missing(self.dead))
+        expect(sorted(discarded) == sorted(self.discarded),
+               f"A fila '{self.dead}' (para onde o broker manda o que você descarta com requeue=False) tem "
+               f"{sorted(discarded)!r}; esperava {sorted(self.discarded)!r}: os que falharam na segunda tentativa. "
+               f"Quem falha pela primeira vez merece uma segunda chance (requeue=True); quem chega reentregue "
+               f"(method.redelivered) e falha, já está na segunda.")
+        if ctx.namespace is not None:
+            return  # in the kernel, run() saw every attempt exactly; the counters are the grader's evidence
+        q = ctx.queue_when(self.queue, lambda q: kit.no_ack_deliveries(q)
+                           or (kit.stats(q).get("ack", 0) >= len(self.paid)
+                               and kit.stats(q).get("redeliver", 0) >= self.redeliveries))
+        s, no_ack = kit.stats(q), kit.no_ack_deliveries(q)
+        expect(no_ack == 0, f"{no_ack} mensagens foram entregues com auto_ack=True: o broker "
+                            f"as apagou ao entregar. {phrases.MANUAL_ACK} {phrases.STATS_MAY_LAG}")
+        acks = s.get("ack", 0)
+        expect(acks == len(self.paid),
+               f"O broker registrou {acks} acks; esperava {len(self.paid)}, um por pagamento "
+               f"cobrado com sucesso. {phrases.STATS_MAY_LAG}")
+        redelivered = s.get("redeliver", 0)
+        expect(redelivered == self.redeliveries,
+               f"O broker registrou {redelivered} reentregas; esperava {self.redeliveries}: "
+               f"uma por pagamento que falhou na primeira tentativa, mais as {len(self.crashed)} mensagens que já "
+               f"chegaram reentregues. Dê a segunda chance devolvendo a mensagem à fila (basic_nack ou "
+               f"basic_reject com requeue=True), não publicando uma cópia, e só uma vez. {phrases.STATS_MAY_LAG}")

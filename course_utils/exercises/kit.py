@@ -1,0 +1,411 @@
+"""The check kit: what the checks of every chapter share.
+
+A chapter's module (`chapters/capNN.py`) holds its exercises' data, expectations and hints; the
+ways of calling the learner's code, preparing the broker and reading it back live here, once.
+
+Reading the broker, fastest first:
+- exact and at once: `exact_counts` (a passive queue_declare: ready messages and consumers),
+  and the definitions the management API returns (queues, exchanges, bindings, users);
+- only through statistics, which lag one collection interval: unacked counts, ack/deliver/
+  confirm counters, connection lists. Read those with `CheckContext.eventually` in one bounded
+  window and say in the hint that the figure may lag (`phrases.STATS_MAY_LAG`).
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import gc
+import inspect
+import signal
+import threading
+import uuid
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import pika
+import pika.exceptions
+
+from ..errors import CourseError, StrictModeError
+from . import phrases
+
+PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+
+# advice: extra sentences for exceptions the learner's code lets escape, by exception class, or a
+# function of the exception that returns a sentence (or None).
+Advice = "Mapping[type, str] | Callable[[BaseException], str | None] | None"
+
+
+# --- calling the learner's code ------------------------------------------------------------------
+
+class _Timeout(BaseException):
+    """Raised by the alarm in the learner's call. A BaseException, so that a learner's
+    `except Exception:` cannot swallow it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the block after `seconds` with `_Timeout` (main thread on Unix; elsewhere no limit)."""
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable or seconds <= 0:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _Timeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _advice_for(advice, exc: BaseException) -> str:
+    if advice is None:
+        return ""
+    if callable(advice) and not isinstance(advice, Mapping):
+        return advice(exc) or ""
+    return next((text for kind, text in advice.items() if isinstance(exc, kind)), "")
+
+
+def message_in_traceback(exc: BaseException) -> Any:
+    """The `body` a callback was handling when `exc` was raised (innermost frame that has one)."""
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        body = tb.tb_frame.f_locals.get("body")
+        if isinstance(body, (bytes, bytearray, str)):
+            found = body
+        tb = tb.tb_next
+    return found
+
+
+def call(ctx, name: str, *args, advice=None, on_timeout: Callable[[], str] | None = None,
+         timeout: float | None = None, **kwargs) -> Any:
+    """Call the learner's function `name` from the namespace, within a time limit.
+
+    Every way it can go wrong becomes an AssertionError with a pt-BR hint: missing or not a
+    function, not implemented yet, a hang (`on_timeout()` may say why, from the broker's side), a
+    declaration RabbitMQ 4.x refuses, a channel or connection the broker closed, or any other
+    exception the learner's code raised ("o seu código levantou X", naming the message a
+    callback was handling). Only the check's own assertions are hints: an AssertionError raised
+    inside the learner's code (pika raises some of its own) is reported as what it is."""
+    fn = ctx.learner(name)
+    if not callable(fn):
+        raise AssertionError(phrases.not_callable(name, type(fn).__name__))
+    seconds = ctx.call_timeout if timeout is None else timeout
+    try:
+        with time_limit(seconds):
+            return fn(*args, **kwargs)
+    except _Timeout:
+        hint = (on_timeout() if on_timeout is not None else None) or phrases.too_slow(name, seconds)
+        raise AssertionError(hint) from None
+    except NotImplementedError:
+        raise AssertionError(phrases.not_implemented(name)) from None
+    except StrictModeError as exc:
+        raise AssertionError(phrases.strict_refused(name, exc)) from None
+    except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+        # basic_publish's answers under confirms: the learner's code let them escape
+        raise AssertionError(_raised_hint(name, exc, advice)) from None
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        extra = _advice_for(advice, exc)
+        raise AssertionError(f"{phrases.channel_closed(name, exc.reply_code, exc.reply_text)} {extra}".rstrip()) from None
+    except pika.exceptions.AMQPError as exc:
+        extra = _advice_for(advice, exc)
+        raise AssertionError(f"{phrases.connection_failed(name, exc)} {extra}".rstrip()) from None
+    except Exception as exc:  # noqa: BLE001 - the learner's bug, reported as a hint
+        raise AssertionError(_raised_hint(name, exc, advice)) from None
+
+
+def _raised_hint(name: str, exc: BaseException, advice) -> str:
+    """"O seu código levantou X", naming the message a callback was handling, plus advice."""
+    text = phrases.raised(name, exc)
+    body = message_in_traceback(exc)
+    if body is not None:
+        shown = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else body
+        text += (f" Aconteceu ao tratar a mensagem {shown[:120]!r}: o callback precisa lidar com "
+                 f"mensagens assim (try/except) em vez de deixar a exceção escapar.")
+    if isinstance(exc, AssertionError):
+        text += (" (Esse AssertionError veio de dentro do pika ou do seu código, não da "
+                 "verificação: costuma ser um canal usado por duas threads ao mesmo tempo.)")
+    return f"{text} {_advice_for(advice, exc)}".rstrip()
+
+
+@contextlib.contextmanager
+def learner_channel(ctx, what: str) -> Iterator[Any]:
+    """A fresh connection and channel to hand to the learner's function, closed afterwards;
+    broker errors that escape the block become hints."""
+    connection = ctx.curso.connect()
+    try:
+        yield connection.channel()
+    except CourseError as exc:  # strict mode (RabbitMQ 4.x) and other course errors
+        raise AssertionError(f"{what} falhou: {exc}") from None
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise AssertionError(f"O broker fechou o canal durante {what}: {exc.reply_code} "
+                             f"{exc.reply_text}. Confira nomes e tipos nas declarações.") from None
+    except pika.exceptions.AMQPError as exc:
+        raise AssertionError(f"{what} falhou com {exc.__class__.__name__}: {exc}") from None
+    finally:
+        close_quietly(connection)
+
+
+def close_quietly(connection) -> None:
+    """Close a check's connection; one a learner's call left broken mid-frame may refuse."""
+    if connection is not None and connection.is_open:
+        try:
+            connection.close()
+        except Exception:  # noqa: BLE001 - best effort, the broker drops it anyway
+            pass
+
+
+# --- preparing the broker --------------------------------------------------------------------------
+
+def dead_letter_to(queue: str) -> dict:
+    """Queue arguments that dead-letter through the default exchange into `queue`."""
+    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue}
+
+
+def fresh_queue(ctx, name: str, bodies: Iterable[str] = (), arguments: dict | None = None,
+                properties: pika.BasicProperties | None = PERSISTENT, channel=None) -> None:
+    """Delete `name`, declare it durable (with `arguments`) and publish `bodies` to it, in order.
+
+    With `channel`, uses it (and leaves it open); otherwise a connection of its own, closed after."""
+    ctx.management.delete_queue(name)
+    if channel is None:
+        with ctx.curso.connect() as connection:
+            fresh_queue(ctx, name, bodies, arguments, properties, connection.channel())
+        return
+    channel.queue_declare(queue=name, durable=True, arguments=arguments)
+    for body in bodies:
+        channel.basic_publish(exchange="", routing_key=name, body=body, properties=properties)
+
+
+def reset_topology(ctx, exchanges: Iterable[str] = (), queues: Iterable[str] = ()) -> None:
+    """Delete the exercise's exchanges and queues (whatever an earlier try left)."""
+    for name in queues:
+        ctx.management.delete_queue(name)
+    for name in exchanges:
+        ctx.management.delete_exchange(name)
+
+
+# --- reading the broker ----------------------------------------------------------------------------
+
+def exact_counts(ctx, queue: str) -> tuple[int, int] | None:
+    """(ready messages, consumers) of `queue` from a passive declare: exact, no statistics lag.
+    None if the queue does not exist (or is exclusive to another connection)."""
+    with ctx.curso.connect() as connection:
+        try:
+            ok = connection.channel().queue_declare(queue=queue, passive=True).method
+        except pika.exceptions.ChannelClosedByBroker:
+            return None
+        return ok.message_count, ok.consumer_count
+
+
+def stats(q: dict | None) -> dict:
+    """A queue's (or vhost's) message_stats counters, {} before the first sample."""
+    return (q or {}).get("message_stats") or {}
+
+
+def no_ack_deliveries(q: dict | None) -> int:
+    """Messages delivered with auto_ack=True (basic.consume or basic.get), from statistics."""
+    s = stats(q)
+    return s.get("deliver_no_ack", 0) + s.get("get_no_ack", 0)
+
+
+def is_persistent(message: dict) -> bool:
+    """A message read through the management API was published with delivery_mode=2.
+    (A message without properties shows `"properties": []`.)"""
+    return (message.get("properties") or {}).get("delivery_mode") == 2
+
+
+def connection_names(ctx) -> set[str]:
+    """Names of the connections the broker lists in the sandbox's vhost (statistics: they lag)."""
+    return {c["name"] for c in ctx.management.connections()}
+
+
+def connections_now(ctx, timeout: float | None = None) -> set[str]:
+    """Names of the connections open in the sandbox's vhost, read once the broker's list has caught
+    up with everything opened before this call.
+
+    The list is statistics: a new connection shows up to one collection interval late, a closed one
+    vanishes at once. So a marker connection of the check's own is opened and the list is read
+    until the marker is in it (at most `timeout`, default the statistics wait): every connection
+    opened before the marker and still open is then listed too. One interval at most, not the
+    whole statistics window, whether or not something was left open."""
+    marker = f"curso verificação {uuid.uuid4().hex[:12]}"
+    connection = ctx.curso.connect(client_properties={"connection_name": marker})
+
+    def is_marker(record: dict) -> bool:
+        return (record.get("client_properties") or {}).get("connection_name") == marker
+
+    try:
+        records = ctx.eventually(ctx.management.connections, lambda rs: any(is_marker(r) for r in rs),
+                                 timeout=timeout)
+    finally:
+        close_quietly(connection)
+    return {r["name"] for r in records if not is_marker(r)}
+
+
+def new_connections(ctx, before: set[str], timeout: float | None = None) -> set[str]:
+    """Connections opened since `before` (a `connection_names` snapshot) and still open."""
+    return connections_now(ctx, timeout) - before
+
+
+def is_open(connection) -> bool:
+    """`connection.is_open`, False for an object whose __init__ failed (pika's is_open raises
+    AttributeError then: a refused login leaves such objects behind until garbage collection)."""
+    try:
+        return bool(connection.is_open)
+    except AttributeError:
+        return False
+
+
+def open_connections() -> set[int]:
+    """ids of the BlockingConnections open in this process (kernel side only)."""
+    return {id(o) for o in gc.get_objects() if isinstance(o, pika.BlockingConnection) and is_open(o)}
+
+
+def record_calls(channel, *methods: str) -> list[tuple[str, dict]]:
+    """Record each call of the channel's `methods` as (method, its arguments with the defaults
+    filled in); only the instance's methods are wrapped, the calls go through unchanged."""
+    calls: list[tuple[str, dict]] = []
+    for method in methods:
+        original = getattr(channel, method)
+        signature = inspect.signature(original)
+
+        def recording(*args, _method=method, _original=original, _signature=signature, **kwargs):
+            try:
+                bound = _signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                calls.append((_method, dict(bound.arguments)))
+            except TypeError:
+                calls.append((_method, {}))  # a wrong call: pika itself will say so
+            return _original(*args, **kwargs)
+
+        setattr(channel, method, recording)
+    return calls
+
+
+def bindings_from(ctx, exchange: str) -> list[dict]:
+    """The bindings whose source is `exchange` (definitions: current at once)."""
+    return [b for b in ctx.management.bindings() if b["source"] == exchange]
+
+
+def expect_durable_queue(ctx, name: str, where: str) -> dict:
+    """The queue's record; fails with a hint unless it exists as a plain durable queue."""
+    q = ctx.queue(name)
+    if q is None:
+        raise AssertionError(f"A fila '{name}' não existe no broker. Declare-a em {where} com "
+                             f"channel.queue_declare(queue='{name}', durable=True).")
+    if not (q.get("durable") and not q.get("exclusive") and not q.get("auto_delete")):
+        raise AssertionError(
+            f"A fila '{name}' existe, mas não é uma fila durável comum (durable={q.get('durable')}, "
+            f"exclusive={q.get('exclusive')}, auto_delete={q.get('auto_delete')}). Declare-a só com "
+            f"durable=True.")
+    return q
+
+
+# --- observing the learner's use of a channel (kernel side) --------------------------------------------
+
+class ChannelLog:
+    """What the learner's code did with one channel (kernel side), call by call."""
+
+    def __init__(self) -> None:
+        self.confirming = False   # confirm_delivery() has returned on this channel
+        self.publishes: list[dict] = []  # basic_publish arguments, plus "confirming" at the time
+        self.gets: list[dict] = []       # basic_get arguments, plus "method" (None: queue was empty)
+        self.acks: list[dict] = []       # basic_ack arguments
+        self.rejects: list[dict] = []    # basic_nack / basic_reject arguments
+
+    def mark(self) -> tuple[int, int, int]:
+        """Where the logs stand now: pass it to `since` to see only what came after."""
+        return len(self.publishes), len(self.gets), len(self.acks)
+
+    def since(self, mark: tuple[int, int, int]) -> tuple[list[dict], list[dict], list[dict]]:
+        return self.publishes[mark[0]:], self.gets[mark[1]:], self.acks[mark[2]:]
+
+
+def observe_channel(channel) -> ChannelLog:
+    """Record what is done through `channel`'s public methods (confirm_delivery, basic_publish,
+    basic_get, basic_ack, basic_nack, basic_reject) by shadowing them on the instance; the calls
+    themselves go through to pika unchanged."""
+    log = ChannelLog()
+
+    def wrap(name: str, on_call: Callable[[dict], dict | None], on_result=None) -> None:
+        original = getattr(channel, name)
+        signature = inspect.signature(original)
+
+        @functools.wraps(original)
+        def observed(*args, **kwargs):
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError:  # a wrong call: let pika say so
+                return original(*args, **kwargs)
+            bound.apply_defaults()
+            entry = on_call(dict(bound.arguments))
+            result = original(*args, **kwargs)
+            if on_result is not None:
+                on_result(entry, result)
+            return result
+
+        setattr(channel, name, observed)
+
+    def confirmed(entry, result):
+        log.confirming = True
+
+    def publish(arguments):
+        arguments["confirming"] = log.confirming
+        log.publishes.append(arguments)
+        return arguments
+
+    def get(arguments):
+        log.gets.append(arguments)
+        return arguments
+
+    def got(entry, result):
+        entry["method"] = result[0] if isinstance(result, tuple) and result else None
+
+    wrap("confirm_delivery", lambda arguments: None, confirmed)
+    wrap("basic_publish", publish)
+    wrap("basic_get", get, got)
+    wrap("basic_ack", lambda arguments: log.acks.append(arguments))
+    wrap("basic_nack", lambda arguments: log.rejects.append(arguments))
+    wrap("basic_reject", lambda arguments: log.rejects.append(arguments))
+    return log
+
+
+def persistent_properties(properties) -> bool:
+    """BasicProperties (as handed to basic_publish) that make the message persistent."""
+    mode = getattr(properties, "delivery_mode", None)
+    return mode == 2 or mode == pika.DeliveryMode.Persistent
+
+
+def settled(ctx, probe: Callable[[], Any], done: Callable[[Any], bool],
+             collected: Callable[[Any], bool]) -> Any:
+    """Poll a statistics `probe()` within the stats wait until `done(value)` (the verdict a right
+    answer earns, final since its counters only grow), or until `collected(value)` holds with the
+    same value on two polls in a row: the collection pass that `collected` proves has happened is
+    then complete, and a wrong answer can be judged from it without waiting any longer."""
+    previous: list[Any] = [None]
+
+    def condition(value):
+        last, previous[0] = previous[0], value
+        return done(value) or (collected(value) and value == last)
+
+    return ctx.eventually(probe, condition)
+
+
+def peek_one(ctx, queue: str) -> dict:
+    """The first message of `queue` as the management API shows it (put back), or {}."""
+    messages = ctx.management.peek(queue, 1)
+    return messages[0] if messages else {}
+
+
+def payload_text(message: dict) -> str:
+    """The body of a peeked message as text (the API sends non-UTF-8 bodies as base64)."""
+    payload = message.get("payload", "")
+    if message.get("payload_encoding") == "base64":
+        payload = base64.b64decode(payload).decode("utf-8", "replace")
+    return payload

@@ -1,0 +1,59 @@
+"""pt-BR sentences that the checks of several chapters say: one place, one wording."""
+from __future__ import annotations
+
+PERSISTENT = "use properties=pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)"
+
+MANUAL_ACK = ("Use auto_ack=False (o padrão) e confirme cada mensagem depois de processá-la com "
+              "ch.basic_ack(delivery_tag=method.delivery_tag).")
+
+CLOSE_CONNECTION = ("Feche a conexão antes de sair da função: connection.close(), ou "
+                    "`with pika.BlockingConnection(curso.params()) as connection:`.")
+
+CANCEL_CONSUMER = ("Ao terminar, cancele o consumidor: channel.cancel() depois de channel.consume(...), "
+                   "ou channel.basic_cancel(consumer_tag) depois de basic_consume(...).")
+
+RERUN = "a verificação a cria e publica nela; rode a célula de verificação de novo."
+
+STATS_MAY_LAG = ("(Este número vem das estatísticas do broker, que atrasam até um intervalo de "
+                 "coleta — 1 s nos nós do curso, 5 s num RabbitMQ padrão.)")
+
+
+def not_found(name: str, what: str = "função") -> str:
+    return (f"Não encontrei a {what} `{name}`. Escreva-a na célula de resposta acima e rode essa "
+            f"célula antes desta verificação.")
+
+
+def not_callable(name: str, kind: str) -> str:
+    return f"`{name}` deveria ser uma função, mas é {kind}."
+
+
+def not_implemented(name: str) -> str:
+    return (f"`{name}` ainda não foi implementada: escreva o corpo da função na célula de resposta (no "
+            f"lugar do raise NotImplementedError).")
+
+
+def too_slow(name: str, seconds: float) -> str:
+    return (f"`{name}` não terminou em {seconds:.0f} s. Um consumidor que usa start_consuming() ou "
+            f"consume() sem inactivity_timeout espera mensagens para sempre: pare depois de receber o "
+            f"que precisa ou use um tempo limite.")
+
+
+def strict_refused(name: str, exc: Exception) -> str:
+    return f"`{name}` declarou algo que o RabbitMQ 4.x recusa: {exc}"
+
+
+def channel_closed(name: str, code, text: str) -> str:
+    return f"Durante `{name}` o broker fechou o canal: {code} {text}."
+
+
+def connection_failed(name: str, exc: Exception) -> str:
+    return f"Durante `{name}` a conexão com o broker falhou: {exc!r}."
+
+
+def raised(name: str, exc: BaseException) -> str:
+    text = str(exc).rstrip(".") or "(sem mensagem)"
+    return f"O seu código (`{name}`) levantou {type(exc).__name__}: {text}."
+
+
+def queue_missing(name: str) -> str:
+    return f"A fila '{name}' não existe: {RERUN}"
