@@ -3,6 +3,12 @@
 Order (docs/architecture.md): RABBITMQ_URL → something already answering on localhost → a Docker
 engine (rabbitmq:4-management, ports on 127.0.0.1) → a native node from the OS package → a pt-BR
 error with the install command. Every wait is bounded and says what it waited for.
+
+The 4.x course broker (`curso broker up --versao 4`, or CURSO_BROKER=4 for everything that calls
+`ensure_broker()`: notebooks, tests, `curso broker ...`) is looked for the same way on its own port
+block (`RABBIT4_PORTS`: AMQP 5682, management 15682): RABBITMQ_URL → something answering there →
+a `course_utils.rabbit4` node (Debian 13's RabbitMQ 4.0 in a chroot; root only). Its start is
+recorded in `started4.json`, beside the default broker's `started.json`.
 """
 from __future__ import annotations
 
@@ -21,12 +27,32 @@ import pika
 from .errors import BrokerAuthError, BrokerNotFound, BrokerStartError
 from .management import Management, ManagementError
 from .native import NativeNode, Ports, amqp_answers, find_server, port_listening, who_listens
+from .rabbit4 import COURSE4_NAME, COURSE4_PORTS, Rabbit4Node
 
 DOCKER_IMAGE = "rabbitmq:4-management"
 DOCKER_CONTAINER = "curso-rabbitmq"
 HOST = "localhost"
 # The course broker's ports. Tests point discovery at other ports by replacing this.
 COURSE_PORTS = Ports()
+# The 4.x course broker's ports (CURSO_BROKER=4, --versao 4): AMQP 5682, management 15682.
+RABBIT4_PORTS = COURSE4_PORTS
+
+
+def wanted_version(versao: str | None = None) -> str:
+    """'4' for the RabbitMQ 4.x course broker, '' for the default one. `versao` (the CLI's
+    --versao) wins over CURSO_BROKER; both accept 4 / 4.x, and ''/padrao for the default."""
+    raw = versao if versao is not None else os.environ.get("CURSO_BROKER", "")
+    value = str(raw).strip().lower()
+    if value in ("", "padrao", "padrão", "default"):
+        return ""
+    if value in ("4", "4.x", "4x", "rabbit4"):
+        return "4"
+    raise BrokerNotFound(f"Versão de broker desconhecida: {raw!r} (CURSO_BROKER ou --versao). Use 4 para o "
+                         "RabbitMQ 4.x do curso, ou deixe vazio (padrao) para o broker de sempre.")
+
+
+def _ports(version: str) -> Ports:
+    return RABBIT4_PORTS if version == "4" else COURSE_PORTS
 
 
 def data_dir() -> Path:
@@ -44,16 +70,27 @@ def course_node(base: Path | None = None) -> NativeNode:
     return NativeNode((base or data_dir()) / "node", name=name, ports=COURSE_PORTS)
 
 
-def _local_broker(kind: str, started_here: bool = False) -> "Broker":
-    return Broker(kind, HOST, COURSE_PORTS.amqp, "guest", "guest",
-                  f"http://{HOST}:{COURSE_PORTS.management}", started_here=started_here)
+def course_node4(base: Path | None = None) -> Rabbit4Node:
+    """The 4.x course broker: a Rabbit4Node in `<data dir>/node4` on RABBIT4_PORTS."""
+    name = COURSE4_NAME if RABBIT4_PORTS == COURSE4_PORTS else f"{COURSE4_NAME}-{RABBIT4_PORTS.amqp}"
+    return Rabbit4Node((base or data_dir()) / "node4", name=name, ports=RABBIT4_PORTS)
+
+
+def _node(version: str) -> NativeNode:
+    return course_node4() if version == "4" else course_node()
+
+
+def _local_broker(kind: str, started_here: bool = False, version: str = "") -> "Broker":
+    ports = _ports(version)
+    return Broker(kind, HOST, ports.amqp, "guest", "guest",
+                  f"http://{HOST}:{ports.management}", started_here=started_here)
 
 
 @dataclass
 class Broker:
     """Where the course broker is and how to reach it."""
 
-    kind: str  # "external" (RABBITMQ_URL or already running), "native" or "docker"
+    kind: str  # "external" (RABBITMQ_URL or already running), "native", "docker" or "rabbit4"
     host: str
     port: int
     username: str
@@ -78,21 +115,21 @@ class Broker:
         return f"{scheme}://{self.username}:***@{self.host}:{self.port}/"
 
 
-_cached: tuple[str | None, Broker] | None = None  # (RABBITMQ_URL it was found with, broker)
+_cached: tuple[tuple[str | None, str], Broker] | None = None  # ((RABBITMQ_URL, version), broker)
 
 
-def _marker() -> Path:
-    return data_dir() / "started.json"
+def _marker(version: str = "") -> Path:
+    return data_dir() / f"started{version}.json"
 
 
-def _write_marker(kind: str, **extra) -> None:
-    _marker().parent.mkdir(parents=True, exist_ok=True)
-    _marker().write_text(json.dumps({"kind": kind, **extra}))
+def _write_marker(kind: str, version: str = "", **extra) -> None:
+    _marker(version).parent.mkdir(parents=True, exist_ok=True)
+    _marker(version).write_text(json.dumps({"kind": kind, **extra}))
 
 
-def _read_marker() -> dict:
+def _read_marker(version: str = "") -> dict:
     try:
-        return json.loads(_marker().read_text())
+        return json.loads(_marker(version).read_text())
     except (OSError, ValueError):
         return {}
 
@@ -201,47 +238,51 @@ def install_hint() -> str:
     return "\n".join(lines)
 
 
-def ensure_broker(timeout: float = 60.0, refresh: bool = False) -> Broker:
-    """Return the course broker, starting one if needed (see module docstring for the order)."""
+def ensure_broker(timeout: float = 60.0, refresh: bool = False, versao: str | None = None) -> Broker:
+    """Return the course broker, starting one if needed (see module docstring for the order).
+    `versao="4"` (or CURSO_BROKER=4): the RabbitMQ 4.x course broker instead."""
     global _cached
-    url = os.environ.get("RABBITMQ_URL")
-    if _cached is not None and not refresh and _cached[0] == url:
+    key = (os.environ.get("RABBITMQ_URL"), wanted_version(versao))
+    if _cached is not None and not refresh and _cached[0] == key:
         if amqp_answers(_cached[1].host, _cached[1].port, timeout=1):
             return _cached[1]
-    broker = _discover(timeout)
-    _cached = (url, broker)
+    broker = _discover(timeout, key[1])
+    _cached = (key, broker)
     return broker
 
 
-def _discover(timeout: float) -> Broker:
+def _discover(timeout: float, version: str = "") -> Broker:
     url = os.environ.get("RABBITMQ_URL")
     if url:
         broker = from_url(url)
         verify_login(broker)
         return broker
 
-    answering = amqp_answers(HOST, COURSE_PORTS.amqp)
+    ports = _ports(version)
+    answering = amqp_answers(HOST, ports.amqp)
     if answering:
-        marker = _read_marker()
-        node = course_node()
-        kind = "external"
-        if marker.get("kind") == "native" and node.is_running():
-            kind = "native"
-        elif marker.get("kind") == "docker":
-            kind = "docker"
-        broker = _local_broker(kind, started_here=kind != "external")
+        kind = _read_marker(version).get("kind", "external")
+        if kind in ("native", "rabbit4") and not _node(version).is_running():
+            kind = "external"
+        broker = _local_broker(kind, started_here=kind != "external", version=version)
         verify_login(broker, "/")
-        if not port_listening(HOST, COURSE_PORTS.management):
+        if not port_listening(HOST, ports.management):
             raise BrokerNotFound(
-                f"Um RabbitMQ responde em localhost:{COURSE_PORTS.amqp}, mas a API de gerenciamento "
-                f"(porta {COURSE_PORTS.management}) não. "
+                f"Um RabbitMQ responde em localhost:{ports.amqp}, mas a API de gerenciamento "
+                f"(porta {ports.management}) não. "
                 "Ative o plugin: rabbitmq-plugins enable rabbitmq_management")
         return broker
     if answering is False:
-        holder = who_listens(COURSE_PORTS.amqp)
+        holder = who_listens(ports.amqp)
         raise BrokerNotFound(
-            f"A porta {COURSE_PORTS.amqp} de localhost está ocupada{' por ' + holder if holder else ''}, mas quem responde "
+            f"A porta {ports.amqp} de localhost está ocupada{' por ' + holder if holder else ''}, mas quem responde "
             f"não é um RabbitMQ. Pare esse processo ou aponte o curso para o seu broker com RABBITMQ_URL.")
+
+    if version == "4":  # Debian 13's RabbitMQ 4.0 in a chroot (root only; Rabbit4Unavailable says what else)
+        node = course_node4()
+        node.start(timeout)
+        _write_marker("rabbit4", version, pid=node.pid(), node=node.node_name)
+        return _local_broker("rabbit4", started_here=True, version=version)
 
     if _docker_available():
         return _start_docker(timeout)
@@ -255,11 +296,18 @@ def _discover(timeout: float) -> Broker:
     raise BrokerNotFound(install_hint())
 
 
-def stop_broker(timeout: float = 30.0) -> str:
+def stop_broker(timeout: float = 30.0, versao: str | None = None) -> str:
     """Stop what `ensure_broker` started; leave anything else alone. Returns a pt-BR sentence."""
     global _cached
-    marker = _read_marker()
+    version = wanted_version(versao)
+    marker = _read_marker(version)
     _cached = None
+    if marker.get("kind") == "rabbit4":
+        node = course_node4()
+        stopped = node.stop(timeout)
+        _marker(version).unlink(missing_ok=True)
+        return (f"Nó RabbitMQ 4.x {node.node_name} parado." if stopped
+                else "O nó RabbitMQ 4.x do curso já estava parado.")
     if marker.get("kind") == "native":
         node = course_node()
         stopped = node.stop(timeout)
@@ -272,25 +320,27 @@ def stop_broker(timeout: float = 30.0) -> str:
     return "Nada a parar: o curso não iniciou nenhum broker (um broker externo não é parado pelo curso)."
 
 
-def broker_status() -> dict:
+def broker_status(versao: str | None = None) -> dict:
     """What `curso broker status` prints: kind, version, URLs and whether each answers."""
     url = os.environ.get("RABBITMQ_URL")
-    marker = _read_marker()
+    version = wanted_version(versao)
+    marker = _read_marker(version)
     if url:
         broker = from_url(url)
     else:
         kind = marker.get("kind", "external")
-        if kind == "native" and not course_node().is_running():
+        if kind in ("native", "rabbit4") and not _node(version).is_running():
             kind = "external"
-        broker = _local_broker(kind)
+        broker = _local_broker(kind, version=version)
     amqp_ok = bool(amqp_answers(broker.host, broker.port))
     if not url and not amqp_ok:
         broker.kind = "nenhum (parado)"
     status = {"tipo": broker.kind, "amqp": broker.display_url(), "amqp_responde": amqp_ok,
               "gerenciamento": broker.management_url, "gerenciamento_responde": False, "versao": None}
-    if broker.kind == "native":
-        status["no"] = course_node().node_name
-        status["dados"] = str(course_node().base_dir)
+    if broker.kind in ("native", "rabbit4"):
+        node = _node(version)
+        status["no"] = node.node_name
+        status["dados"] = str(node.base_dir)
     try:
         overview = broker.management().overview()
         status.update(gerenciamento_responde=True, versao=overview.get("rabbitmq_version"),
@@ -307,9 +357,9 @@ def course_vhosts(mgmt: Management) -> list[str]:
 VHOST_PREFIX = "curso-"
 
 
-def reset_broker() -> list[str]:
+def reset_broker(versao: str | None = None) -> list[str]:
     """Delete every vhost the course created (names starting with 'curso-')."""
-    broker = ensure_broker()
+    broker = ensure_broker(versao=versao)
     mgmt = broker.management()
     removed = course_vhosts(mgmt)
     for vhost in removed:
@@ -318,4 +368,5 @@ def reset_broker() -> list[str]:
 
 
 __all__ = ["Broker", "ensure_broker", "stop_broker", "broker_status", "reset_broker", "from_url",
-           "verify_login", "data_dir", "course_node", "install_hint", "ManagementError"]
+           "verify_login", "data_dir", "course_node", "course_node4", "wanted_version", "install_hint",
+           "ManagementError", "RABBIT4_PORTS"]

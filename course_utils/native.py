@@ -221,20 +221,34 @@ class NativeNode:
     def node_log(self) -> Path:
         return self.base_dir / "log" / f"{self.node_name}.log"
 
+    # hooks for nodes run in another root (course_utils.rabbit4) ---------------------------
+    def command(self, tool: str = "rabbitmq-server") -> list[str]:
+        """The argv that runs one of RabbitMQ's scripts (rabbitmq-server, rabbitmqctl,
+        rabbitmq-diagnostics...) for this node. A subclass may wrap it (chroot)."""
+        server = find_server()
+        if server is None:
+            raise BrokerStartError("O RabbitMQ não está instalado (não achei o script rabbitmq-server).")
+        return [str(server if tool == "rabbitmq-server" else server.parent / tool)]
+
+    def node_path(self, path: Path) -> str:
+        """How the node's own process sees one of its files (a host path here; a subclass whose
+        node runs in a chroot maps it into the root filesystem)."""
+        return str(path)
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))}
-        b = self.base_dir
+        b, p = self.base_dir, self.node_path
         env.update({
-            "HOME": str(self.home),
+            "HOME": p(self.home),
             "RABBITMQ_NODENAME": self.node_name,
             "RABBITMQ_USE_LONGNAME": "false",
-            "RABBITMQ_MNESIA_BASE": str(b / "data"),
-            "RABBITMQ_LOG_BASE": str(b / "log"),
-            "RABBITMQ_PID_FILE": str(self.pid_file),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(b / "enabled_plugins"),
-            "RABBITMQ_CONF_ENV_FILE": str(b / "rabbitmq-env.conf"),
-            "RABBITMQ_CONFIG_FILE": str(b / "rabbitmq"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(b / "advanced.config"),
+            "RABBITMQ_MNESIA_BASE": p(b / "data"),
+            "RABBITMQ_LOG_BASE": p(b / "log"),
+            "RABBITMQ_PID_FILE": p(self.pid_file),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": p(b / "enabled_plugins"),
+            "RABBITMQ_CONF_ENV_FILE": p(b / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": p(b / "rabbitmq"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": p(b / "advanced.config"),
             "RABBITMQ_DIST_PORT": str(self.ports.dist),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
@@ -306,9 +320,7 @@ class NativeNode:
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the node and wait until AMQP and the management API answer."""
-        server = find_server()
-        if server is None:
-            raise BrokerStartError("O RabbitMQ não está instalado (não achei o script rabbitmq-server).")
+        command = self.command()
         if self.is_running():
             self.wait(timeout)
             return
@@ -321,7 +333,7 @@ class NativeNode:
             log.write(f"\n==== start {time.strftime('%Y-%m-%d %H:%M:%S')} ====\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                [str(server)], env=self.env(), cwd=self.base_dir, stdin=subprocess.DEVNULL,
+                command, env=self.env(), cwd=self.base_dir, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=_parent_death_signal if self.die_with_parent else None,
             )
@@ -364,16 +376,25 @@ class NativeNode:
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop the node (SIGTERM: a clean shutdown), then reap it. False if it was not running."""
+        return self._signal_and_reap(signal.SIGTERM, timeout)
+
+    def kill(self, timeout: float = 10.0) -> bool:
+        """SIGKILL the node's Erlang VM, as in a crash, and reap it. False if it was not running."""
+        return self._signal_and_reap(signal.SIGKILL, timeout)
+
+    def _signal_and_reap(self, signum: int, timeout: float) -> bool:
+        """Send `signum` to the VM, wait (bounded) for it to exit, SIGKILL it if it has not, reap
+        the server script that started it and forget the pid file."""
         pid = self.pid()
         if pid is None or not pid_alive(pid):
             self.pid_file.unlink(missing_ok=True)
             return False
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signum)
         deadline = time.monotonic() + timeout
         while pid_alive(pid) and time.monotonic() < deadline:
             if self._proc is not None:
                 self._proc.poll()
-            time.sleep(0.1)
+            time.sleep(0.02 if signum == signal.SIGKILL else 0.1)
         if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
         if self._proc is not None:
@@ -386,8 +407,5 @@ class NativeNode:
 
     def ctl(self, *args: str, timeout: float = 60.0, tool: str = "rabbitmqctl") -> subprocess.CompletedProcess:
         """Run rabbitmqctl (or rabbitmq-diagnostics, rabbitmq-queues...) against this node."""
-        server = find_server()
-        if server is None:
-            raise BrokerStartError("O RabbitMQ não está instalado.")
-        return subprocess.run([str(server.parent / tool), "-n", self.node_name, *args], env=self.env(),
+        return subprocess.run([*self.command(tool), "-n", self.node_name, *args], env=self.env(),
                               capture_output=True, text=True, timeout=timeout)

@@ -1,7 +1,7 @@
 """Strict mode: make RabbitMQ 3.10 refuse what RabbitMQ 4.x refuses.
 
 The test broker (Debian's 3.10) still accepts transient non-exclusive queues, global QoS,
-`x-queue-mode` and `x-queue-version=1`; RabbitMQ 4.3 (the Docker image learners get) does not. With
+`x-queue-mode`, `x-queue-version=1` and `x-queue-master-locator`; RabbitMQ 4.3 (the Docker image learners get) does not. With
 strict mode on, pika's channel raises StrictModeError before sending such a declaration, so code
 that passes here also runs on 4.3. It patches `pika.channel.Channel`, which both
 BlockingConnection and SelectConnection use.
@@ -20,17 +20,25 @@ from .errors import StrictModeError
 _original: dict[str, object] = {}
 
 TRANSIENT_QUEUE = (
-    "O RabbitMQ 4.3 recusaria esta fila: filas transitórias não exclusivas ({what}) foram removidas "
-    "no 4.x e a conexão seria fechada com o erro 541. Declare a fila com durable=True (ou "
+    "O RabbitMQ 4.3 recusaria esta fila: filas transitórias não exclusivas ({what}) são um recurso "
+    "obsoleto, negado por padrão a partir do 4.3, e a conexão seria fechada com o erro 541. Declare a "
+    "fila com durable=True (ou "
     "arguments={{'x-queue-type': 'quorum'}}), ou com exclusive=True se ela for temporária."
 )
 GLOBAL_QOS = (
-    "O RabbitMQ 4.x não tem QoS global: basic_qos(global_qos=True) vira silenciosamente um limite por "
-    "consumidor. Use basic_qos(prefetch_count=N) sem global_qos."
+    "A partir do RabbitMQ 4.3 o QoS global é negado por padrão: basic_qos(global_qos=True) é aceito, "
+    "mas vira silenciosamente um limite por consumidor. Use "
+    "basic_qos(prefetch_count=N) sem global_qos."
 )
 QUEUE_MODE = (
-    "O RabbitMQ 4.x recusa o argumento {arg}={value!r} (filas 'lazy' e a versão 1 das filas clássicas "
-    "foram removidas). Tire esse argumento: as filas clássicas já guardam as mensagens em disco."
+    "O RabbitMQ 4.3 recusa o argumento {arg}={value!r} (filas 'lazy' e a versão 1 das filas clássicas "
+    "foram removidas; o 4.0 ainda o aceita, mas o ignora). Tire esse argumento: as filas clássicas já "
+    "guardam as mensagens em disco."
+)
+MASTER_LOCATOR = (
+    "O RabbitMQ 4.3 recusa o argumento x-queue-master-locator (o recurso 'queue_master_locator' é "
+    "obsoleto e negado por padrão a partir do 4.3; a conexão seria fechada com o erro 541). Para "
+    "escolher onde uma fila nasce use x-queue-leader-locator ('client-local' ou 'balanced')."
 )
 MIRRORING = (
     "O RabbitMQ 4.0 removeu o espelhamento de filas clássicas (políticas ha-mode/ha-params). "
@@ -50,6 +58,8 @@ def check_queue_declare(queue: str, passive: bool, durable: bool, exclusive: boo
         raise StrictModeError(QUEUE_MODE.format(arg="x-queue-mode", value=arguments["x-queue-mode"]))
     if arguments.get("x-queue-version") == 1:
         raise StrictModeError(QUEUE_MODE.format(arg="x-queue-version", value=1))
+    if "x-queue-master-locator" in arguments:
+        raise StrictModeError(MASTER_LOCATOR)
 
 
 def check_policy(definition: dict) -> None:
