@@ -32,17 +32,31 @@ def rows_by(out: Path) -> dict[tuple[str, str], dict]:
     return rows
 
 
+@pytest.fixture(scope="session")
+def grading_broker(course_broker):
+    """One grading node per test worker, shared by the tests that don't test its life cycle."""
+    broker = GradingBroker().start()
+    yield broker
+    broker.stop()
+
+
+# The tests that read one class run share a worker, so that the class is graded once.
+CLASS = pytest.mark.xdist_group("grading-class")
+CHAPTERS = sorted(p.name[:2] for p in (ROOT / "exercises").glob("[0-9][0-9]_*.ipynb"))
+
+
 @pytest.fixture(scope="module")
-def class_run(tmp_path_factory, course_broker):
+def class_run(tmp_path_factory, grading_broker):
     base = tmp_path_factory.mktemp("turma")
     subs, out = base / "entregas", base / "resultados"
     subs.mkdir()
     expected = fixture.build(subs)
     summary = grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", only=("02",),
-                                 workers=2, cell_timeout=20, timeout=300, progress=False))
+                                 workers=2, cell_timeout=20, timeout=300, progress=False), grading_broker)
     return subs, out, expected, summary
 
 
+@CLASS
 def test_every_bad_input_gets_its_status(class_run):
     _, out, expected, _ = class_run
     rows = rows_by(out)
@@ -54,6 +68,7 @@ def test_every_bad_input_gets_its_status(class_run):
             assert rows[(student, ex)]["reason"], f"{student} {ex}: a {status} needs a reason"
 
 
+@CLASS
 def test_reasons_say_what_happened(class_run):
     _, out, _, _ = class_run
     rows = rows_by(out)
@@ -65,6 +80,7 @@ def test_reasons_say_what_happened(class_run):
     assert "não entregue" in rows[("nao_entregou", "2.1")]["reason"]
 
 
+@CLASS
 def test_solutions_get_full_marks_and_blank_gets_zero(class_run):
     _, out, _, summary = class_run
     with open(out / "grades.csv", newline="") as f:
@@ -77,6 +93,7 @@ def test_solutions_get_full_marks_and_blank_gets_zero(class_run):
     assert float(grades["fuga"]["total"]) == 4.0  # lost 2.1 (every escape refused), nothing else
 
 
+@CLASS
 def test_outputs_are_written(class_run):
     _, out, expected, summary = class_run
     assert (out / "summary.png").stat().st_size > 1000
@@ -100,22 +117,22 @@ def test_grading_broker_is_locked_down(course_broker):
         assert space.vhost not in {v["name"] for v in broker.admin.vhosts()}
 
 
-def test_rerun_skips_and_force_regrades(tmp_path, course_broker):
+def test_rerun_skips_and_force_regrades(tmp_path, grading_broker):
     subs, out = tmp_path / "entregas", tmp_path / "resultados"
     (subs / "um").mkdir(parents=True)
     (subs / "um" / fixture.NAME).write_bytes((ROOT / "exercises" / fixture.NAME).read_bytes())
     options = GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", only=("02",),
                            progress=False)
-    first = grade(options)
+    first = grade(options, grading_broker)
     assert (first.graded, first.skipped) == (1, 0)
-    again = grade(options)
+    again = grade(options, grading_broker)
     assert (again.graded, again.skipped) == (0, 1)
     options.force = True
-    forced = grade(options)
+    forced = grade(options, grading_broker)
     assert (forced.graded, forced.skipped) == (1, 0)
 
 
-def test_killed_run_keeps_finished_results(tmp_path, course_broker):
+def test_killed_run_keeps_finished_results(tmp_path, grading_broker):
     subs, out = tmp_path / "entregas", tmp_path / "resultados"
     for student in ("a1", "a2", "a3"):
         (subs / student).mkdir(parents=True)
@@ -132,19 +149,20 @@ def test_killed_run_keeps_finished_results(tmp_path, course_broker):
     finished = {json.loads(line)["student"] for line in results.read_text().splitlines()}
     assert finished and len(finished) < 3, "the kill should land mid-run"
     resumed = grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", only=("02",),
-                                 progress=False))
+                                 progress=False), grading_broker)
     assert resumed.skipped == len(finished) and resumed.graded == 3 - len(finished)
     assert list(resumed.grades["total"]) == [5.0, 5.0, 5.0]
 
 
-def test_committed_solutions_full_marks_and_exercises_zero_for_every_chapter(tmp_path, course_broker):
+@pytest.mark.parametrize("chapter", [pytest.param(c, marks=pytest.mark.chapter(c)) for c in CHAPTERS])
+def test_committed_solutions_full_marks_and_exercises_zero(tmp_path, grading_broker, chapter):
     subs, out = tmp_path / "entregas", tmp_path / "resultados"
     for student, folder in (("solucoes", "solutions"), ("exercicios", "exercises")):
         (subs / student).mkdir(parents=True)
-        for path in (ROOT / folder).glob("*.ipynb"):
+        for path in (ROOT / folder).glob(f"{chapter}_*.ipynb"):
             (subs / student / path.name).write_bytes(path.read_bytes())
-    summary = grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises",
-                                 workers=2, progress=False))
+    summary = grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", only=(chapter,),
+                                 workers=2, progress=False), grading_broker)
     grades = summary.grades.set_index("student")
     rows = rows_by(out)
     failing = {k: (r["status"], r["reason"]) for k, r in rows.items() if k[0] == "solucoes" and r["status"] != "passed"}

@@ -1,10 +1,12 @@
 """The chapter sandbox: isolated, fresh on every setup(), and hands-off with RABBITMQ_URL."""
+import os
 import time
 
 import pytest
 
 from course_utils import setup
 from course_utils.errors import CourseError
+from course_utils.sandbox import vhost_for
 
 
 def _declare(curso, name, messages=0):
@@ -40,8 +42,9 @@ def test_setup_again_gives_an_empty_vhost(course_broker):
 
 def test_handle_contract(course_broker):
     curso = setup("teste-handle")
-    assert curso.url.startswith("amqp://") and curso.url.endswith("/curso-teste-handle")
-    assert curso.params().virtual_host == "curso-teste-handle"
+    vhost = "curso-teste-handle" + os.environ["CURSO_VHOST_SUFFIX"]  # the test worker's suffix
+    assert curso.url.startswith("amqp://") and curso.url.endswith("/" + vhost)
+    assert curso.params().virtual_host == vhost
     connection = curso.connect()
     assert connection.is_open
     curso.cleanup()
@@ -49,6 +52,16 @@ def test_handle_contract(course_broker):
     assert curso.management.whoami()["name"] == "guest"
     assert list(curso.queues().columns)[:2] == ["fila", "tipo"]
     curso.cleanup(delete_vhost=True)
+
+
+def test_vhost_suffix_keeps_workers_apart(course_broker, monkeypatch):
+    monkeypatch.setenv("CURSO_VHOST_SUFFIX", "-tgw7")
+    assert vhost_for("cap02") == "curso-cap02-tgw7"
+    monkeypatch.setenv("CURSO_VHOST_SUFFIX", "")
+    assert vhost_for("cap02") == "curso-cap02"
+    monkeypatch.setenv("CURSO_VHOST_SUFFIX", "/../x")
+    with pytest.raises(CourseError, match="CURSO_VHOST_SUFFIX"):
+        vhost_for("cap02")
 
 
 def test_rabbitmq_url_is_used_as_given(course_broker, monkeypatch):
