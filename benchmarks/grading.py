@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from course_utils.exercises import format as fmt
+from course_utils.exercises import metadata as fmt
 from course_utils.grading.gradebroker import GradingBroker
 from course_utils.grading.grade import GradeOptions, grade
 

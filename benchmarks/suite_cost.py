@@ -1,0 +1,95 @@
+"""Seconds per area of a test run, from its JUnit report.
+
+    python benchmarks/suite_cost.py .reports/junit.xml [--budget-chapter 60]
+
+Areas: foundation (broker, nodes, sandbox, strict mode, exercise format), toolkit (pictures, lab,
+monitor, widgets, their demo notebook), grading (`curso grade` itself), and one per chapter (its
+notebook, solution notebook, checks, wrong answers, blank exercises and its grading). The test
+seconds of an area add up the time of its tests; under pytest-xdist they overlap, so the wall time
+of the run (the report's suite time) is printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from pathlib import Path
+
+TOOLKIT = {"test_topology", "test_routing", "test_trace", "test_throughput", "test_monitor", "test_widgets"}
+GRADING = {"test_grading"}
+_PARAM = re.compile(r"\[(.*)\]$")
+
+
+def area_of(classname: str, name: str) -> str:
+    """The area of one test case (`tests.test_exercises`, `test_wrong_answer_fails_its_check[5.1-x]`)."""
+    module = classname.rsplit(".", 1)[-1]
+    match = _PARAM.search(name)
+    param = match.group(1) if match else ""
+    chapter = None
+    path = re.search(r"(?:notebooks|solutions|exercises)/(\d\d)_", param)
+    if path:
+        chapter = path.group(1)
+    elif re.match(r"^\d+\.\d+(-|$)", param):
+        chapter = f"{int(param.split('.')[0]):02d}"
+    elif re.match(r"^\d\d$", param):
+        chapter = param
+    if "docs/" in param or module in TOOLKIT:
+        return "toolkit"
+    if chapter is not None:
+        return f"chapter {chapter}"
+    if module in GRADING:
+        return "grading"
+    return "foundation"
+
+
+def read(report: Path) -> tuple[dict[str, list[float]], float, int, int]:
+    """({area: [seconds of each test]}, wall seconds, failures, errors) of a JUnit report."""
+    root = ET.parse(report).getroot()
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    areas: dict[str, list[float]] = defaultdict(list)
+    failures = errors = 0
+    for case in root.iter("testcase"):
+        if case.find("skipped") is not None:
+            continue
+        areas[area_of(case.get("classname", ""), case.get("name", ""))].append(float(case.get("time", 0)))
+        failures += case.find("failure") is not None
+        errors += case.find("error") is not None
+    wall = sum(float(s.get("time", 0)) for s in suites)
+    return areas, wall, failures, errors
+
+
+def table(areas: dict[str, list[float]], wall: float) -> str:
+    order = sorted(areas, key=lambda a: (a.startswith("chapter"), a))
+    total = sum(sum(v) for v in areas.values())
+    lines = [f"{'area':<12} {'tests':>6} {'seconds':>9} {'share':>6}", "-" * 36]
+    for area in order:
+        seconds = sum(areas[area])
+        lines.append(f"{area:<12} {len(areas[area]):>6} {seconds:>9.1f} {seconds / total:>6.0%}" if total else area)
+    lines.append("-" * 36)
+    lines.append(f"{'all tests':<12} {sum(len(v) for v in areas.values()):>6} {total:>9.1f}")
+    lines.append(f"{'wall time':<12} {'':>6} {wall:>9.1f}  ({wall / 60:.1f} min)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("report", type=Path)
+    parser.add_argument("--budget-chapter", type=float, default=60.0,
+                        help="flag chapters whose test seconds exceed this (default 60)")
+    args = parser.parse_args(argv)
+    if not args.report.exists():
+        print(f"no report at {args.report}", file=sys.stderr)
+        return 2
+    areas, wall, failures, errors = read(args.report)
+    print(f"\nSuite cost ({args.report}): {failures} failed, {errors} errors")
+    print(table(areas, wall))
+    over = [a for a, v in areas.items() if a.startswith("chapter") and sum(v) > args.budget_chapter]
+    if over:
+        print(f"over the {args.budget_chapter:.0f} s chapter budget: {', '.join(sorted(over))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
