@@ -1,6 +1,7 @@
 """The chapter sandbox: `curso = setup("cap02")` gives a notebook a fresh vhost of its own."""
 from __future__ import annotations
 
+import os
 import re
 import time
 import weakref
@@ -137,10 +138,18 @@ def _counts_match(queues: list[dict], wanted: dict) -> bool:
     return True
 
 
+_SUFFIX = re.compile(r"^[a-z0-9_.-]{0,40}$")
+
+
 def vhost_for(name: str) -> str:
+    """`curso-NAME`, plus `CURSO_VHOST_SUFFIX` when set: the test suite gives each parallel worker
+    its own suffix, so two workers running the same notebook never share a vhost."""
     if not _NAME.match(name or ""):
         raise CourseError(f"Nome de capítulo inválido: {name!r}. Use letras minúsculas e números, como 'cap02'.")
-    return f"{VHOST_PREFIX}{name}"
+    suffix = os.environ.get("CURSO_VHOST_SUFFIX", "")
+    if not _SUFFIX.match(suffix):
+        raise CourseError(f"CURSO_VHOST_SUFFIX inválido: {suffix!r} (use letras minúsculas, números, '-', '_' ou '.').")
+    return f"{VHOST_PREFIX}{name}{suffix}"
 
 
 def setup(name: str, reset: bool = True, timeout: float = 60.0) -> Chapter:
