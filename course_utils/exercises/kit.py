@@ -17,6 +17,7 @@ import contextlib
 import functools
 import gc
 import inspect
+import os
 import signal
 import threading
 import uuid
@@ -70,13 +71,18 @@ def _advice_for(advice, exc: BaseException) -> str:
     return next((text for kind, text in advice.items() if isinstance(exc, kind)), "")
 
 
+_LIBRARIES = (os.path.dirname(pika.__file__), os.path.dirname(os.path.dirname(__file__)))
+
+
 def message_in_traceback(exc: BaseException) -> Any:
-    """The `body` a callback was handling when `exc` was raised (innermost frame that has one)."""
+    """The `body` a learner's callback was handling when `exc` was raised: the innermost frame of the
+    learner's own code (not pika's, not the course's) that has a local named `body`."""
     found = None
     tb = exc.__traceback__
     while tb is not None:
-        body = tb.tb_frame.f_locals.get("body")
-        if isinstance(body, (bytes, bytearray, str)):
+        frame = tb.tb_frame
+        body = frame.f_locals.get("body")
+        if isinstance(body, (bytes, bytearray, str)) and not frame.f_code.co_filename.startswith(_LIBRARIES):
             found = body
         tb = tb.tb_next
     return found

@@ -207,6 +207,13 @@ class EventoJson(Exercise):
          "dados": {"pedido": 1042, "forma": "pix", "valor": 59.8, "parcelas": None, "aprovado": True}},
     ]
     clock_slack = 60  # seconds: the timestamp is the instant of publication, as int(time.time())
+    @staticmethod
+    def timestamp_advice(exc: BaseException) -> str | None:
+        if isinstance(exc, Exception) and "not an integer" in str(exc):
+            return ("O pika só aceita inteiros nas propriedades numéricas: o timestamp AMQP é um inteiro "
+                    "de segundos, timestamp=int(time.time()) (time.time() é um float).")
+        return None
+
     empty_advice = ("Com a fila vazia, basic_get devolve (None, None, None): nesse caso ler_evento deve "
                     "devolver None (if method is None: return None).")
 
@@ -232,7 +239,7 @@ class EventoJson(Exercise):
                     raise
                 self.empty_fault = str(exc)
             for evento in self.events:
-                ctx.call("publicar_evento", channel, json.loads(json.dumps(evento)))
+                ctx.call("publicar_evento", channel, json.loads(json.dumps(evento)), advice=self.timestamp_advice)
             mark = log.mark()
             got = ctx.call("ler_evento", channel)
             _, gets, acks = log.since(mark)
@@ -342,7 +349,12 @@ class SobreviverReinicio(Exercise):
         try:
             channel = connection.channel()
             self.log = kit.observe_channel(channel)
-            ctx.call("registrar_notas", channel, [dict(n) for n in self.notas])
+            ctx.call("registrar_notas", channel, [dict(n) for n in self.notas], advice={
+                pika.exceptions.UnroutableError: (
+                    f"Com confirmações e mandatory=True, o broker devolveu uma nota que não chegou a fila "
+                    f"nenhuma: a fila '{self.queue}' precisa estar ligada à troca '{self.exchange}' com a chave "
+                    f"'{self.key}' (queue_bind) antes do primeiro basic_publish."),
+            })
         finally:
             # The service stops: whatever lived only as long as its connection goes with it.
             close_quietly(connection)
@@ -367,6 +379,11 @@ class SobreviverReinicio(Exercise):
                f"A fila '{self.queue}' existe, mas não sobreviveria a um reinício (durable={q.get('durable')}, "
                f"exclusive={q.get('exclusive')}, auto_delete={q.get('auto_delete')}). Declare-a com durable=True, "
                f"sem exclusive nem auto_delete.")
+        expiring = {k: v for k, v in (q.get("arguments") or {}).items() if k in ("x-message-ttl", "x-expires")}
+        expect(not expiring,
+               f"A fila '{self.queue}' foi declarada com {expiring}: as notas (ou a própria fila) somem sozinhas "
+               f"depois desse prazo, com ou sem reinício. A garantia é que toda nota continue no broker: tire "
+               f"x-message-ttl / x-expires.")
         bound = [b for b in kit.bindings_from(ctx, self.exchange) if b.get("destination") == self.queue]
         expect(any(b.get("routing_key") == self.key for b in bound),
                f"A fila '{self.queue}' não está ligada à troca '{self.exchange}' com a chave '{self.key}' "
@@ -382,6 +399,10 @@ class SobreviverReinicio(Exercise):
                 bodies.append(kit.payload_text(message))
         expect(bodies == self.notas, f"As mensagens na fila são {bodies!r}; esperava as notas, em JSON e na "
                                      f"ordem: {self.notas!r}.")
+        expires = sorted({(m.get("properties") or {}).get("expiration") for m in peeked} - {None})
+        expect(not expires,
+               f"As notas foram publicadas com expiration={(expires or [''])[0]!r} (ms): elas somem sozinhas depois desse "
+               f"prazo, com ou sem reinício. Publique sem expiration.")
         quorum = q.get("type") == "quorum"
         expect(quorum or all(kit.is_persistent(m) for m in peeked),
                f"A fila '{self.queue}' é clássica e as mensagens não são persistentes: num reinício elas somem "
