@@ -193,9 +193,14 @@ def test_node_boots_as_4x_and_reports_its_version(rabbit4_node, rabbit4):
 
 
 def test_node_is_configured_like_the_course_nodes(rabbit4_node, rabbit4):
-    overview = rabbit4.management.overview()
-    listeners = {item["protocol"]: item for item in overview["listeners"]}
-    assert {"amqp", "http", "http/prometheus", "stream"} <= set(listeners), listeners
+    wanted = {"amqp", "http", "http/prometheus", "stream"}
+    deadline = time.monotonic() + 15  # on a busy machine the overview lists the listeners a little late
+    while True:
+        listeners = {item["protocol"]: item for item in rabbit4.management.overview().get("listeners", [])}
+        if wanted <= set(listeners) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert wanted <= set(listeners), listeners
     plugins = (rabbit4_node.base_dir / "enabled_plugins").read_text()
     assert all(p in plugins for p in ("rabbitmq_management", "rabbitmq_prometheus", "rabbitmq_stream"))
     conf = (rabbit4_node.base_dir / "rabbitmq.conf").read_text()
