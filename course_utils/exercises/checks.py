@@ -71,6 +71,7 @@ class CheckContext:
             # a busy machine (a grader with several workers) adds a few seconds to either.
             stats_wait = 6.0 if curso.broker.kind in ("native", "rabbit4") else 10.0
         self.stats_wait = stats_wait
+        self.timed_out = False  # set by kit.call when the learner's code hit the time limit
 
     # the learner's code -----------------------------------------------------------------
     def learner(self, name: str, what: str = "função") -> Any:

@@ -106,6 +106,7 @@ def call(ctx, name: str, *args, advice=None, on_timeout: Callable[[], str] | Non
         with time_limit(seconds):
             return fn(*args, **kwargs)
     except _Timeout:
+        ctx.timed_out = True  # the learner's code was cut mid-call: see CheckConnection
         hint = (on_timeout() if on_timeout is not None else None) or phrases.too_slow(name, seconds)
         raise AssertionError(hint) from None
     except NotImplementedError:
@@ -139,13 +140,44 @@ def _raised_hint(name: str, exc: BaseException, advice) -> str:
     return f"{text} {_advice_for(advice, exc)}".rstrip()
 
 
+class CheckConnection:
+    """A connection of the check's own, to hand to the learner's function, with a name of its own so
+    that the broker can drop it. The time limit interrupts the learner's code wherever it is, pika's
+    writes included; a connection left mid-frame may then never finish a polite close (it waits for
+    the reply to a frame it never sent, until the heartbeat gives up minutes later). So after a
+    timeout (`ctx.timed_out`, set by `call`) the broker is asked to close it (management API) before
+    this side closes."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.tag = f"curso-verificacao-{uuid.uuid4().hex[:12]}"
+        ctx.timed_out = False
+        self.connection = ctx.curso.connect(client_properties={"connection_name": self.tag})
+
+    def __enter__(self):
+        return self.connection
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self.ctx, "timed_out", False) and is_open(self.connection):
+            def mine():
+                return [c["name"] for c in self.ctx.management.connections()
+                        if (c.get("client_properties") or {}).get("connection_name") == self.tag]
+            for name in self.ctx.eventually(mine, bool):
+                self.ctx.management.close_connection(name)
+        close_quietly(self.connection)
+
+
 @contextlib.contextmanager
 def learner_channel(ctx, what: str) -> Iterator[Any]:
-    """A fresh connection and channel to hand to the learner's function, closed afterwards;
-    broker errors that escape the block become hints."""
-    connection = ctx.curso.connect()
+    """A fresh connection and channel to hand to the learner's function, closed afterwards (by the
+    broker first if the learner's call was cut by the time limit); broker errors that escape the
+    block become hints."""
+    check = CheckConnection(ctx)
     try:
-        yield connection.channel()
+        yield check.connection.channel()
     except CourseError as exc:  # strict mode (RabbitMQ 4.x) and other course errors
         raise AssertionError(f"{what} falhou: {exc}") from None
     except pika.exceptions.ChannelClosedByBroker as exc:
@@ -154,7 +186,7 @@ def learner_channel(ctx, what: str) -> Iterator[Any]:
     except pika.exceptions.AMQPError as exc:
         raise AssertionError(f"{what} falhou com {exc.__class__.__name__}: {exc}") from None
     finally:
-        close_quietly(connection)
+        check.close()
 
 
 def close_quietly(connection) -> None:
