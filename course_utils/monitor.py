@@ -7,7 +7,7 @@ The plot updates in place in the notebook every second or so; the function retur
 as a DataFrame (one row per queue per sample). Sources:
 - prontas (ready) and consumidores: exact, from an AMQP passive declare at each sample;
 - sem_ack (unacked) and the rates (publicadas/s, entregues/s, acks/s): the management API's
-  statistics, which the broker refreshes every statistics interval (500 ms on the course's own
+  statistics, which the broker refreshes every statistics interval (1 s on the course's own
   broker, 5 s on a default RabbitMQ such as the Docker image), so they move in steps there.
 """
 from __future__ import annotations

@@ -36,7 +36,7 @@ class TopologyGraph(nx.DiGraph):
         counts = {k: len(self.names(k)) for k in ("exchange", "queue", "consumer")}
         return (f"<Topologia de {self.graph.get('vhost', '?')!r}: {counts['exchange']} exchanges, "
                 f"{counts['queue']} filas, {counts['consumer']} consumidores, "
-                f"{self.number_of_edges()} ligações>")
+                f"{self.number_of_edges()} bindings>")
 
     __str__ = __repr__
 

@@ -55,7 +55,7 @@ def parse_bindings(text: str, exchange_type: str) -> dict[str, list]:
     for line in filter(None, (raw.strip() for raw in text.splitlines())):
         queue, _, rest = (part.strip() for part in line.partition(":"))
         if not queue:
-            raise CourseError(f"Falta o nome da fila na linha {line!r} (formato: fila: ligação).")
+            raise CourseError(f"Falta o nome da fila na linha {line!r} (formato: fila: binding).")
         if exchange_type == "headers":
             args = _pairs(rest)
             args.setdefault("x-match", "all")
@@ -68,7 +68,7 @@ def parse_bindings(text: str, exchange_type: str) -> dict[str, list]:
             keys = [k.strip() for k in rest.split(",") if k.strip()] or [""]
             bindings.setdefault(queue, []).extend(keys)
     if not bindings:
-        raise CourseError("Declare ao menos uma fila no quadro de ligações.")
+        raise CourseError("Declare ao menos uma fila no quadro de bindings.")
     return bindings
 
 
@@ -133,7 +133,7 @@ class RoutingPlayground:
         self.history = pd.DataFrame()
         self._declared: dict[str, set] = {}
         self.type_picker = w.Dropdown(options=EXCHANGE_TYPES, value="direct", description="Exchange:")
-        self.bindings_box = w.Textarea(placeholder=PLACEHOLDERS["direct"], description="Ligações:",
+        self.bindings_box = w.Textarea(placeholder=PLACEHOLDERS["direct"], description="Bindings:",
                                        layout=w.Layout(width="480px", height="110px"))
         self.message_box = w.Text(placeholder=MESSAGE_PLACEHOLDERS["direct"], description="Mensagem:",
                                   layout=w.Layout(width="480px"))

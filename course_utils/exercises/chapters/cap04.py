@@ -352,7 +352,7 @@ class SobreviverReinicio(Exercise):
             ctx.call("registrar_notas", channel, [dict(n) for n in self.notas], advice={
                 pika.exceptions.UnroutableError: (
                     f"Com confirmações e mandatory=True, o broker devolveu uma nota que não chegou a fila "
-                    f"nenhuma: a fila '{self.queue}' precisa estar ligada à troca '{self.exchange}' com a chave "
+                    f"nenhuma: a fila '{self.queue}' precisa estar ligada à exchange '{self.exchange}' com a chave "
                     f"'{self.key}' (queue_bind) antes do primeiro basic_publish."),
             })
         finally:
@@ -362,13 +362,13 @@ class SobreviverReinicio(Exercise):
     def verify(self, ctx: CheckContext) -> None:
         n = len(self.notas)
         exchange = ctx.management.exchange_or_none(self.exchange)
-        expect(exchange is not None, f"A troca '{self.exchange}' não existe. registrar_notas deve declará-la "
+        expect(exchange is not None, f"A exchange '{self.exchange}' não existe. registrar_notas deve declará-la "
                                      f"(exchange_declare) antes de publicar nela.")
         expect(exchange.get("durable"),
-               f"A troca '{self.exchange}' não é durável: num reinício ela some, com as ligações, e o produtor "
-               f"passa a levar 404. O pika declara trocas com durable=False por padrão: passe durable=True.")
+               f"A exchange '{self.exchange}' não é durável: num reinício ela some, com os bindings, e o produtor "
+               f"passa a levar 404. O pika declara exchanges com durable=False por padrão: passe durable=True.")
         expect(exchange.get("type") == "direct",
-               f"A troca '{self.exchange}' é do tipo {exchange.get('type')!r}; o enunciado pede uma troca direta: "
+               f"A exchange '{self.exchange}' é do tipo {exchange.get('type')!r}; o enunciado pede uma exchange direct: "
                f"exchange_type='direct'.")
         counts = kit.exact_counts(ctx, self.queue)
         expect(counts is not None,
@@ -386,8 +386,8 @@ class SobreviverReinicio(Exercise):
                f"x-message-ttl / x-expires.")
         bound = [b for b in kit.bindings_from(ctx, self.exchange) if b.get("destination") == self.queue]
         expect(any(b.get("routing_key") == self.key for b in bound),
-               f"A fila '{self.queue}' não está ligada à troca '{self.exchange}' com a chave '{self.key}' "
-               f"(ligações: {[b.get('routing_key') for b in bound]}).")
+               f"A fila '{self.queue}' não está ligada à exchange '{self.exchange}' com a chave '{self.key}' "
+               f"(bindings: {[b.get('routing_key') for b in bound]}).")
         count = counts[0]
         expect(count == n, f"A fila '{self.queue}' tem {count} mensagem(ns); esperava {n}, uma por nota.")
         peeked = ctx.management.peek(self.queue, n)
@@ -409,7 +409,7 @@ class SobreviverReinicio(Exercise):
                f"mesmo com a fila durável: {phrases.PERSISTENT} (ou uma fila quorum, que grava tudo em disco).")
         no_confirms = ("Sem channel.confirm_delivery() antes de publicar, registrar_notas volta antes de saber "
                        "se as notas chegaram ao disco: uma queda nesse intervalo as perde em silêncio.")
-        elsewhere = (f"Publique as notas na troca '{self.exchange}' com a chave '{self.key}' (é ela que as leva à "
+        elsewhere = (f"Publique as notas na exchange '{self.exchange}' com a chave '{self.key}' (é ela que as leva à "
                      f"fila e que o serviço usa): channel.basic_publish(exchange='{self.exchange}', "
                      f"routing_key='{self.key}', ...).")
         if ctx.namespace is not None:  # in the kernel: what registrar_notas did with its channel
@@ -420,7 +420,7 @@ class SobreviverReinicio(Exercise):
                    f"antes do primeiro basic_publish.")
             expect(all((p["exchange"], p["routing_key"]) == (self.exchange, self.key) for p in publishes),
                    f"registrar_notas publicou em {sorted({(p['exchange'], p['routing_key']) for p in publishes})} "
-                   f"(troca, chave). {elsewhere}")
+                   f"(exchange, chave). {elsewhere}")
             return
         published, delta = kit.settled(
             ctx, lambda: _publisher_stats(ctx, self.exchange, self.before),
@@ -429,5 +429,5 @@ class SobreviverReinicio(Exercise):
         expect(delta["confirm"] >= n,
                f"O broker confirmou {delta['confirm']} de {n} publicações. {no_confirms} Ligue as confirmações "
                f"antes de publicar. {phrases.STATS_MAY_LAG}")
-        expect(published >= n, f"A troca '{self.exchange}' recebeu {published} de {n} publicações. {elsewhere} "
+        expect(published >= n, f"A exchange '{self.exchange}' recebeu {published} de {n} publicações. {elsewhere} "
                                f"{phrases.STATS_MAY_LAG}")
