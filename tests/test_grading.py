@@ -45,7 +45,7 @@ CLASS = pytest.mark.xdist_group("grading-class")
 CHAPTERS = sorted(p.name[:2] for p in (ROOT / "exercises").glob("[0-9][0-9]_*.ipynb"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def class_run(tmp_path_factory, grading_broker):
     base = tmp_path_factory.mktemp("turma")
     subs, out = base / "entregas", base / "resultados"

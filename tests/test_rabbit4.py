@@ -90,7 +90,7 @@ def rabbit4(rabbit4_node) -> Target:
     return _target("4.x (padrões do 4.3)", rabbit4_node)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rabbit40(tmp_path_factory):
     """A 4.0 node with 4.0's own defaults (deprecated features permitted): what 4.3 changed."""
     node = Rabbit4Node(tmp_path_factory.mktemp("no40") / "node", name=f"teste40-{WORKER}-{os.getpid()}",
@@ -100,7 +100,7 @@ def rabbit40(tmp_path_factory):
     node.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rabbit310(course_broker):
     """The 3.10 course broker, in a vhost of this module's own."""
     curso = setup("teste-r4-310")
