@@ -92,12 +92,16 @@ class _PikaWatch:
     `adopt`ed, are watched; any other connection in the process is left alone. Records:
     - `consumers`: (how, auto_ack) of every basic_consume / consume / basic_get, and
       `started_consuming`, whether start_consuming() ran;
-    - `deliveries`: the messages delivered to those consumers, per channel and delivery tag;
+    - `deliveries`: the messages delivered to those consumers, per channel and delivery tag (the
+      keys of redeliveries in `redelivered`, the last delivery of each body in `latest`);
     - `settles`: every basic_ack / basic_nack / basic_reject, with the messages it settled;
+    - `publishes`: the bodies the learner's code published on a watched channel;
     - `violations`: (method, calling thread, connection's thread) for every call made from a thread
       other than the one that created the connection. An ack/nack/reject from the wrong thread is
       then performed through connection.add_callback_threadsafe, so that pika's internals are not
       corrupted and the check can report the real cause.
+    `on_event(what, detail)`, when set, hears each consumer registered ("consume", (how, auto_ack)),
+    start_consuming ("start_consuming", None) and settlement ("settle", _Settle) as it happens.
     """
 
     SETTLES = ("basic_ack", "basic_nack", "basic_reject")
@@ -107,11 +111,22 @@ class _PikaWatch:
         self.consumers: list[tuple[str, bool]] = []
         self.started_consuming = False  # start_consuming() was called on a watched channel
         self.deliveries: dict[tuple[int, int], bytes] = {}
+        self.redelivered: set[tuple[int, int]] = set()
+        self.latest: dict[bytes, tuple[int, int]] = {}
+        self.publishes: list[bytes] = []
         self.settled: set[tuple[int, int]] = set()
         self.settles: list[_Settle] = []
         self.violations: list[tuple[str, threading.Thread, threading.Thread]] = []
+        self.on_event: Any = None
         self._channels: dict[int, Any] = {}
         self._saved: dict[tuple[type, str], Any] = {}
+
+    def _event(self, what: str, detail: Any) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(what, detail)
+            except Exception:  # noqa: BLE001 - a listener of the check's never breaks the learner's call
+                pass
 
     def adopt(self, connection) -> None:
         """Watch a connection the check created (in the current thread)."""
@@ -135,7 +150,11 @@ class _PikaWatch:
 
     def _delivered(self, channel, method, body) -> None:
         self._channels[id(channel)] = channel  # keeps the id unique while we hold it
-        self.deliveries[(id(channel), method.delivery_tag)] = body
+        key = (id(channel), method.delivery_tag)
+        self.deliveries[key] = body
+        if getattr(method, "redelivered", False):
+            self.redelivered.add(key)
+        self.latest[body] = key
 
     def _settling(self, channel, tag: int, multiple: bool) -> tuple[list, bool]:
         key = id(channel)
@@ -153,6 +172,7 @@ class _PikaWatch:
         for cls, name in [(BlockingConnection, "__init__"), (BlockingConnection, "process_data_events"),
                           (BlockingChannel, "basic_consume"), (BlockingChannel, "consume"),
                           (BlockingChannel, "basic_get"), (BlockingChannel, "start_consuming"),
+                          (BlockingChannel, "basic_publish"),
                           *[(BlockingChannel, n) for n in self.SETTLES]]:
             self._saved[(cls, name)] = cls.__dict__[name]
 
@@ -187,8 +207,10 @@ class _PikaWatch:
                 bound.apply_defaults()
                 a = bound.arguments
                 bodies, known = watch._settling(channel, a["delivery_tag"], a.get("multiple", False))
-                watch.settles.append(_Settle(name, bool(a.get("requeue", False)), threading.current_thread(),
-                                             time.monotonic(), bodies, known))
+                record = _Settle(name, bool(a.get("requeue", False)), threading.current_thread(),
+                                 time.monotonic(), bodies, known)
+                watch.settles.append(record)
+                watch._event("settle", record)
                 if watch._check_thread(name, channel):
                     channel.connection.add_callback_threadsafe(
                         functools.partial(original, channel, *args, **kwargs))
@@ -210,6 +232,7 @@ class _PikaWatch:
             bound.apply_defaults()
             callback = bound.arguments["on_message_callback"]
             watch.consumers.append(("basic_consume", bool(bound.arguments["auto_ack"])))
+            watch._event("consume", watch.consumers[-1])
             watch._check_thread("basic_consume", channel)
             if callable(callback):
                 def on_message(ch, method, properties, body):
@@ -229,6 +252,7 @@ class _PikaWatch:
                 bound = generator_signature.bind(channel, *args, **kwargs)
                 bound.apply_defaults()
                 watch.consumers.append(("consume", bool(bound.arguments["auto_ack"])))
+                watch._event("consume", watch.consumers[-1])
             except TypeError:
                 pass
             return watch._relay(channel, consume(channel, *args, **kwargs))
@@ -244,6 +268,7 @@ class _PikaWatch:
                 bound = get_signature.bind(channel, *args, **kwargs)
                 bound.apply_defaults()
                 watch.consumers.append(("basic_get", bool(bound.arguments["auto_ack"])))
+                watch._event("consume", watch.consumers[-1])
             except TypeError:
                 pass
             watch._check_thread("basic_get", channel)
@@ -258,10 +283,25 @@ class _PikaWatch:
         def start_consuming(channel, *args, **kwargs):
             if watch._owner(channel) is not None:
                 watch.started_consuming = True
+                watch._event("start_consuming", None)
                 watch._check_thread("start_consuming", channel)
             return start(channel, *args, **kwargs)
 
+        publish = self._saved[(BlockingChannel, "basic_publish")]
+        publish_signature = inspect.signature(publish)
+
+        @functools.wraps(publish)
+        def basic_publish(channel, *args, **kwargs):
+            if watch._owner(channel) is not None:
+                try:
+                    body = publish_signature.bind(channel, *args, **kwargs).arguments.get("body")
+                except TypeError:
+                    body = None
+                watch.publishes.append(body.encode() if isinstance(body, str) else body)
+            return publish(channel, *args, **kwargs)
+
         BlockingConnection.__init__ = __init__
+        BlockingChannel.basic_publish = basic_publish
         BlockingConnection.process_data_events = process_data_events
         BlockingChannel.basic_consume = basic_consume_watched
         BlockingChannel.consume = consume_watched
@@ -391,14 +431,16 @@ def _publish(ctx: CheckContext, queue: str, bodies) -> None:
 
 
 class _LatePublisher(threading.Thread):
-    """Publishes `bodies` to `queue` `after` seconds into the learner's call, from a connection of
-    its own, created in this thread (the learner's connection sees nothing but the messages)."""
+    """Publishes `batches` of bodies to `queue`, each (at, bodies) `at` seconds into the learner's
+    call, from a connection of its own, created in this thread (the learner's connection sees
+    nothing but the messages). Once the call is over, whatever is still due is published at once."""
 
-    def __init__(self, ctx: CheckContext, queue: str, bodies, after: float):
+    def __init__(self, ctx: CheckContext, queue: str, batches):
         super().__init__(name="curso-publicador-atrasado", daemon=True)
-        self.ctx, self.queue, self.bodies, self.after = ctx, queue, list(bodies), after
+        self.ctx, self.queue = ctx, queue
+        self.batches = [(at, list(bodies)) for at, bodies in batches]
         self.ready, self.go, self.now = threading.Event(), threading.Event(), threading.Event()
-        self.published = False
+        self.published = 0  # bodies published so far, in order
 
     def run(self) -> None:
         try:
@@ -406,15 +448,21 @@ class _LatePublisher(threading.Thread):
                 channel = connection.channel()
                 self.ready.set()
                 self.go.wait(timeout=60)
-                self.now.wait(timeout=self.after)  # `now`: the call is over, publish at once
-                for body in self.bodies:
-                    channel.basic_publish(exchange="", routing_key=self.queue, body=body,
-                                          properties=kit.PERSISTENT)
-                self.published = True
-        except Exception:  # noqa: BLE001 - then the check publishes them itself, afterwards
+                start = time.monotonic()
+                for at, bodies in self.batches:
+                    self.now.wait(timeout=max(0.0, start + at - time.monotonic()))  # `now`: the call is over
+                    for body in bodies:
+                        channel.basic_publish(exchange="", routing_key=self.queue, body=body,
+                                              properties=kit.PERSISTENT)
+                        self.published += 1
+        except Exception:  # noqa: BLE001 - then the check publishes the rest itself, afterwards
             pass
         finally:
             self.ready.set()
+
+    def hurry(self) -> None:
+        """Publish whatever is still due at once (the verdict no longer depends on the timing)."""
+        self.now.set()
 
     def __enter__(self) -> "_LatePublisher":
         self.start()
@@ -425,12 +473,34 @@ class _LatePublisher(threading.Thread):
     def __exit__(self, *exc) -> None:
         self.now.set()
         self.join(timeout=10)
-        if not self.published:
-            _publish(self.ctx, self.queue, self.bodies)
+        rest = [b for _, bodies in self.batches for b in bodies][self.published:]
+        if rest:
+            _publish(self.ctx, self.queue, rest)
+
+
+def _seconds(value) -> str:
+    """0.6 -> '0,6' (pt-BR decimal comma)."""
+    return f"{value or 0:.1f}".replace(".", ",")
 
 
 def _show(bodies) -> str:
     return ", ".join(repr(b.decode("utf-8", "replace") if isinstance(b, bytes) else b) for b in bodies)
+
+
+def _handed_channel_hint(name: str, channel, closes: list) -> str | None:
+    """Why the channel the check handed to the learner's function is no longer open, or None.
+    `closes` records the learner's channel.close() calls (kit.record_calls(channel, "close"))."""
+    if channel.is_open:
+        return None
+    stop = ("Para parar de consumir, cancele o consumidor (channel.basic_cancel(tag), ou channel.cancel() "
+            "depois de channel.consume(...)) e volte, sem fechar nada.")
+    if not kit.is_open(channel.connection):
+        return (f"Depois que `{name}` voltou, a conexão do canal que ela recebeu estava fechada: uma função não "
+                f"fecha a conexão nem o canal que não abriu — quem os passou ainda vai usá-los. {stop}")
+    if closes:
+        return (f"`{name}` fechou o canal que recebeu (channel.close()): uma função não fecha um canal que não "
+                f"abriu — quem o passou ainda vai usá-lo. {stop}")
+    return f"Depois que `{name}` voltou, o canal que ela recebeu estava fechado. {CHANNEL_WAS_CLOSED}"
 
 
 # 5.1 ---------------------------------------------------------------------------------------------
@@ -460,7 +530,9 @@ class PedidosValidos(Exercise):
     points = 2
     queue = "pedidos"
     dead = "pedidos_invalidos"
-    call_timeout = 4.0  # a right answer needs ~1.5 s: late orders at 0.3 s, then 1 s of silence
+    # A right answer needs ~3.5 s: the last batch at 2.4 s, then 1 s of silence. The batches come
+    # 0.6 s apart, so that stopping after a fixed count or a fixed 2 s window misses the last ones.
+    call_timeout = 6.0
     early = [  # published before the call
         '{"pedido": 101, "quantidade": 2}',
         '{"pedido": 102, "quantidade": 1}',
@@ -470,14 +542,17 @@ class PedidosValidos(Exercise):
         '{"pedido": 105}',
         '{"pedido": 106, "quantidade": true}',
     ]
-    late = [  # published `late_after` seconds into the call, while the learner's loop runs
-        '{"pedido": 107, "quantidade": 3}',
-        '[108, 2]',
-        '{"pedido": 109, "quantidade": 2.5}',
-        '{"pedido": 110, "quantidade": "2"}',
-        '{"pedido": 111, "quantidade": 4}',
+    batches = [  # (seconds into the call, bodies) published while the learner's loop runs
+        (0.6, ['{"pedido": 107, "quantidade": 3}', '[108, 2]']),
+        (1.2, ['{"pedido": 109, "quantidade": 2.5}', '{"pedido": 110, "quantidade": "2"}',
+               '{"pedido": 111, "quantidade": 4}']),
+        (1.8, ['{"pedido": 112, "quantidade": 1}']),
+        (2.4, ['{"pedido": 113, "quantidade": -1}', '{"pedido": 114, "quantidade": 2}']),
     ]
-    late_after = 0.3
+
+    @property
+    def late(self) -> list[str]:
+        return [b for _, bodies in self.batches for b in bodies]
 
     @property
     def messages(self) -> list[str]:
@@ -504,10 +579,13 @@ class PedidosValidos(Exercise):
         try:
             channel = connection.channel()
             kit.fresh_queue(ctx, self.queue, self.early, arguments=kit.dead_letter_to(self.dead), channel=channel)
-            with _LatePublisher(ctx, self.queue, self.late, self.late_after):
+            closes = kit.record_calls(channel, "close")
+            with _LatePublisher(ctx, self.queue, self.batches) as publisher:
+                watch.on_event = lambda what, detail: self._decided(what, detail) and publisher.hurry()
                 result = _call_watched(ctx, watch, "processar_pedidos", channel, self.queue,
                                        on_timeout=lambda: self._on_timeout(ctx, watch, check),
                                        timeout=self.call_timeout)
+            channel_hint = _handed_channel_hint("processar_pedidos", channel, closes)
             # Still open: a consumer left registered shows in a passive declare, exactly.
             counts = kit.exact_counts(ctx, self.queue)
         finally:
@@ -517,6 +595,7 @@ class PedidosValidos(Exercise):
 
         hint = watch.thread_hint("processar_pedidos")
         expect(hint is None, hint)
+        expect(channel_hint is None, channel_hint)
         expect(watch.consumers, "processar_pedidos() não registrou nenhum consumidor. Registre-o com "
                                 "tag = channel.basic_consume(queue=fila, on_message_callback=callback) e rode o "
                                 "laço com channel.connection.process_data_events(time_limit=...).")
@@ -538,13 +617,16 @@ class PedidosValidos(Exercise):
                f"exemplo {example}): uma mensagem inválida volta, é "
                f"recusada de novo, volta... sem fim, e nunca fica válida. Recuse-a com "
                f"ch.basic_reject(delivery_tag=method.delivery_tag, requeue=False).")
-        after = f"{self.late_after:.1f}".replace(".", ",")
         delivered = set(watch.deliveries.values())
-        expect(all(b.encode() in delivered for b in self.late),
-               f"processar_pedidos() voltou cedo demais: {len(self.late)} pedidos chegaram à fila {after} s depois "
-               f"de a função começar, e o seu laço já tinha parado. Uma fila de verdade recebe mensagens enquanto "
-               f"você consome: rode process_data_events(time_limit=...) num while até passar 1 s sem mensagem "
-               f"nova (guarde no callback a hora da última mensagem).")
+        missed = next(((at, [b for b in bodies if b.encode() not in delivered]) for at, bodies in self.batches
+                       if any(b.encode() not in delivered for b in bodies)), None)
+        expect(missed is None,
+               f"processar_pedidos() voltou cedo demais: os pedidos publicados {_seconds(missed and missed[0])} s "
+               f"depois de a função começar ({_show(missed[1] if missed else [])}) não foram entregues ao seu "
+               f"consumidor — o seu laço já tinha parado. Os pedidos chegam em lotes, com menos de 1 s entre um "
+               f"lote e o seguinte: não pare depois de um número fixo de mensagens nem de um tempo fixo. Uma fila "
+               f"de verdade recebe mensagens enquanto você consome: rode process_data_events(time_limit=...) num "
+               f"while até passar 1 s sem mensagem nova (guarde no callback a hora da última mensagem).")
         expect(counts is None or counts[1] == 0,
                "Depois que processar_pedidos() voltou, o consumidor continuava registrado na fila "
                f"'{self.queue}' (o broker ainda mostrava {counts and counts[1]} consumidor): o broker continua "
@@ -574,6 +656,22 @@ class PedidosValidos(Exercise):
         expect(result == self.valid,
                f"processar_pedidos() devolveu {result!r}; esperava {self.valid!r}: os números (campo 'pedido') "
                f"dos pedidos válidos, na ordem em que chegaram.")
+
+    def _decided(self, what: str, detail) -> bool:
+        """The learner's code just did something that fails the check whatever comes next: then the
+        late batches need not keep to their timing (a failing check should not wait for it)."""
+        if what == "start_consuming":
+            return True
+        if what == "consume":
+            how, auto_ack = detail
+            return auto_ack or how != "basic_consume"
+        if detail.requeue:
+            return True
+        for body in detail.bodies:
+            text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body)
+            if (_why_invalid(text) is None) != (detail.kind == "basic_ack"):
+                return True
+        return False
 
     def _on_timeout(self, ctx: CheckContext, watch: _PikaWatch, check: _CheckConnection) -> str:
         check.timed_out = True
@@ -719,9 +817,18 @@ class EmParalelo(Exercise):
                "processar deve receber o corpo como texto (str): use body.decode().")
         seen = Counter(c for c, _ in calls)
         twice = sorted(c for c, n in seen.items() if n > 1)
-        expect(not twice, f"{len(twice)} mensagem(ns) foram processadas mais de uma vez ({twice[:3]}...). Isso "
-                          f"acontece quando o ack se perde (canal fechado por um ack duplicado ou feito no canal "
-                          f"errado) e o broker reentrega a mensagem.")
+        delivered = Counter(b.decode("utf-8", "replace") if isinstance(b, bytes) else b
+                            for b in list(watch.deliveries.values()))
+        extra = [c for c in twice if seen[c] > delivered[c]]
+        first = extra[0] if extra else ""
+        expect(not extra, f"processar foi chamada mais de uma vez para a mesma entrega: {len(extra)} mensagem(ns) "
+                          f"foram processadas mais vezes do que o broker as entregou (por exemplo {first!r}: "
+                          f"{seen[first]} chamadas de processar, {delivered[first]} entrega(s)"
+                          f"{'; não houve reentrega' if delivered[first] == 1 else ''}). Chame processar(corpo) "
+                          f"exatamente uma vez por entrega, e confirme-a depois.")
+        expect(not twice, f"{len(twice)} mensagem(ns) foram processadas mais de uma vez ({twice[:3]}...), e o "
+                          f"broker as entregou mais de uma vez: isso acontece quando o ack se perde (canal fechado "
+                          f"por um ack duplicado ou feito no canal errado) e o broker reentrega a mensagem.")
         ahead = _settled_early(watch.settles, finished)
         expect(not ahead, f"consumir_em_paralelo() confirmou mensagens antes de processar voltar (em algum "
                           f"momento, {ahead} ack(s) à frente das chamadas de processar já terminadas). Se o "
@@ -803,11 +910,15 @@ class EmParalelo(Exercise):
 # 5.3 ---------------------------------------------------------------------------------------------
 class _Cobrador:
     """The `cobrar` the check hands to the learner: fails some payments always, some only on the
-    first call."""
+    first call. Each call is tied to the delivery in hand (the watch's latest delivery of that body),
+    and the time each call returned is kept, so that the check can tell a delivery settled without
+    a try, a delivery tried twice, and a settlement made before cobrar returned."""
 
-    def __init__(self, always_fail: set[str], fail_once: set[str]):
-        self.always_fail, self.fail_once = always_fail, fail_once
+    def __init__(self, always_fail: set[str], fail_once: set[str], watch: _PikaWatch):
+        self.always_fail, self.fail_once, self.watch = always_fail, fail_once, watch
         self.attempts: Counter = Counter()
+        self.tries: Counter = Counter()      # calls per delivery (channel id, delivery tag)
+        self.finished: list[float] = []      # time.monotonic() as each call returned
         self.not_text: list = []  # what cobrar got that was not a str
         self.lock = threading.Lock()
 
@@ -816,14 +927,21 @@ class _Cobrador:
             self.not_text.append(corpo)
         if isinstance(corpo, (bytes, bytearray)):
             corpo = corpo.decode()
+        key = self.watch.latest.get(corpo.encode()) if isinstance(corpo, str) else None
         with self.lock:
             self.attempts[corpo] += 1
             attempt = self.attempts[corpo]
-        if corpo in self.always_fail:
-            return False
-        if corpo in self.fail_once:
-            return attempt > 1
-        return True
+            if key is not None:
+                self.tries[key] += 1
+        try:
+            if corpo in self.always_fail:
+                return False
+            if corpo in self.fail_once:
+                return attempt > 1
+            return True
+        finally:
+            with self.lock:
+                self.finished.append(time.monotonic())
 
 
 class SegundaChance(Exercise):
@@ -860,8 +978,8 @@ class SegundaChance(Exercise):
 
     def run(self, ctx: CheckContext) -> None:
         kit.fresh_queue(ctx, self.dead)
-        cobrar = _Cobrador(self.always_fail, self.fail_once)
         watch = _PikaWatch()
+        cobrar = _Cobrador(self.always_fail, self.fail_once, watch)
         check = _CheckConnection(ctx)
         connection = check.connection
         watch.adopt(connection)
@@ -874,14 +992,19 @@ class SegundaChance(Exercise):
                     channel.basic_publish(exchange="", routing_key=self.queue, body=body, properties=kit.PERSISTENT)
             ctx.eventually(lambda: channel.queue_declare(queue=self.queue, passive=True).method.message_count,
                            lambda ready: ready >= len(self.bodies), timeout=2.0)
+            closes = kit.record_calls(channel, "close")
             result = _call_watched(ctx, watch, "processar_pagamentos", channel, self.queue, cobrar,
                                    on_timeout=lambda: self._on_timeout(ctx, cobrar, check),
                                    timeout=self.call_timeout)
+            channel_hint = _handed_channel_hint("processar_pagamentos", channel, closes)
+            # Still open: a consumer left registered shows in a passive declare, exactly.
+            counts = kit.exact_counts(ctx, self.queue)
         finally:
             check.close()
 
         hint = watch.thread_hint("processar_pagamentos")
         expect(hint is None, hint)
+        expect(channel_hint is None, channel_hint)
         expect(not watch.auto_ack(),
                f"processar_pagamentos() consumiu com auto_ack=True: o broker apaga cada mensagem ao entregá-la, e "
                f"um pagamento que falhou não pode mais voltar para a fila. {phrases.MANUAL_ACK}")
@@ -889,12 +1012,49 @@ class SegundaChance(Exercise):
         expect(attempts, "cobrar nunca foi chamada: consuma as mensagens da fila e chame cobrar(corpo) para cada uma.")
         expect(not cobrar.not_text, f"cobrar recebeu {type(cobrar.not_text[0]).__name__ if cobrar.not_text else ''}; "
                                     f"ela recebe o corpo como texto (str): use body.decode().")
+        payments = {b.encode() for b in self.bodies}
+        copies = [b for b in watch.publishes if b in payments]
+        expect(not copies,
+               f"processar_pagamentos() publicou {len(copies)} cópia(s) de pagamentos na fila (basic_publish, por "
+               f"exemplo {_show(copies[:1])}) em vez de devolver a própria mensagem: a cópia é uma mensagem nova "
+               f"(o broker a entrega com redelivered=False), e a original sai da fila com o basic_ack como se "
+               f"tivesse sido cobrada. Dê a segunda chance devolvendo a entrega à fila: "
+               f"basic_nack(delivery_tag=method.delivery_tag, requeue=True) (ou basic_reject com requeue=True); "
+               f"ela volta marcada com method.redelivered=True.")
+        with cobrar.lock:
+            tries, finished = Counter(cobrar.tries), list(cobrar.finished)
+        retried = sorted({watch.deliveries[k].decode("utf-8", "replace") for k, n in tries.items() if n > 1})
+        expect(not retried,
+               f"cobrar foi chamada mais de uma vez para a mesma entrega ({retried}): uma nova tentativa dentro do "
+               f"mesmo callback (como cobrar(corpo) or cobrar(corpo)) não é a segunda chance da regra. Chame "
+               f"cobrar uma vez por entrega; se falhar na primeira, devolva a mensagem à fila (basic_nack com "
+               f"requeue=True) — a segunda tentativa é a reentrega, marcada com method.redelivered=True.")
+        untried = [k for k in watch.deliveries if k in watch.settled and tries[k] == 0]
+        untried_bodies = sorted({watch.deliveries[k].decode("utf-8", "replace") for k in untried})
+        if any(k in watch.redelivered for k in untried):
+            expect(False,
+                   f"{untried_bodies} chegaram reentregues (method.redelivered=True) e foram descartados sem "
+                   f"chamar cobrar: a reentrega é a segunda tentativa, não um descarte automático. Toda entrega, "
+                   f"reentregue ou não, deve ser tentada com cobrar(corpo); só se a tentativa de uma entrega "
+                   f"reentregue falhar, descarte-a com requeue=False.")
+        expect(not untried,
+               f"{untried_bodies} foram confirmados ou recusados sem chamar cobrar: toda entrega deve ser tentada "
+               f"com cobrar(corpo), e o resultado decide (basic_ack se cobrou; se falhou, de volta à fila ou "
+               f"descartada).")
+        ahead = _settled_early(watch.settles, finished)
+        expect(not ahead,
+               f"processar_pagamentos() confirmou ou recusou entregas (basic_ack/basic_reject) antes de cobrar "
+               f"voltar (em algum momento, {ahead} à frente das chamadas de cobrar já terminadas). Confirmar antes "
+               f"do trabalho tira a mensagem da fila antes de saber se a cobrança deu certo: um pagamento que "
+               f"falha já não pode voltar, e um consumidor que cai no meio o perde. Chame cobrar(corpo) primeiro e "
+               f"decida pelo resultado: basic_ack se cobrou, basic_nack/basic_reject se falhou.")
         many = sorted(b for b, n in attempts.items() if n > 2)
         most = max((attempts[b] for b in many), default=0)
-        expect(not many, f"{many} foram tentados até {most} vezes; o máximo é 2: cada falha voltou para a fila "
-                         f"(requeue=True), sem fim. Como saber se uma entrega já é a segunda? O broker marca as "
-                         f"reentregas (method.redelivered); a falha de uma entrega com redelivered=True é a segunda "
-                         f"e deve ser descartada com requeue=False.")
+        expect(not many, f"{many} foram tentados até {most} vezes; o máximo é 2: depois de uma falha na segunda "
+                         f"tentativa, a mensagem voltou para a fila de novo (requeue=True) em vez de ser "
+                         f"descartada. Como saber se uma entrega já é a segunda? O broker marca as reentregas (method.redelivered); "
+                         f"a falha de uma entrega com redelivered=True é a segunda e deve ser descartada com "
+                         f"requeue=False.")
         again = sorted(b for b in self.crashed if attempts.get(b, 0) > 1)
         expect(not again,
                f"{again} já chegaram reentregues (method.redelivered=True: um consumidor anterior caiu com eles na "
@@ -916,6 +1076,10 @@ class SegundaChance(Exercise):
                f"{acked_failure} falharam duas vezes e foram confirmados com basic_ack: assim o pagamento some sem "
                f"deixar rastro. Na segunda falha, descarte com basic_reject(delivery_tag=..., requeue=False): a "
                f"dead-letter exchange da fila o guarda em '{self.dead}'.")
+        expect(counts is None or counts[1] == 0,
+               "Depois que processar_pagamentos() voltou, o consumidor continuava registrado na fila "
+               f"'{self.queue}' (o broker ainda mostrava {counts and counts[1]} consumidor): o broker continua "
+               f"entregando mensagens a ele, que ficam presas sem ack até o canal fechar. {phrases.CANCEL_CONSUMER}")
         expect(isinstance(result, list) and sorted(map(str, result)) == sorted(self.paid),
                f"processar_pagamentos() devolveu {result!r}; esperava a lista dos pagamentos cobrados com sucesso "
                f"(em qualquer ordem): {self.paid!r}.")
@@ -931,7 +1095,8 @@ class SegundaChance(Exercise):
     def _on_timeout(self, ctx: CheckContext, cobrar: _Cobrador, check: _CheckConnection) -> str:
         check.timed_out = True
         attempts = dict(cobrar.attempts)
-        looping = sorted((b for b, n in attempts.items() if n > 2), key=lambda b: -attempts[b])
+        # an endless loop: a payment tried again and again (a retry that stops at 3 or 4 is not one)
+        looping = sorted((b for b, n in attempts.items() if n > 4), key=lambda b: -attempts[b])
         if looping:
             redelivered = kit.stats(ctx.queue(self.queue)).get("redeliver", 0)
             return (f"`processar_pagamentos` não terminou em {self.call_timeout:.0f} s: {looping} foram tentados "
@@ -949,14 +1114,14 @@ class SegundaChance(Exercise):
         counts = kit.exact_counts(ctx, self.queue)
         expect(counts is not None, phrases.queue_missing(self.queue))
         ready, consumers = counts
-        expect(consumers == 0, f"Ainda há {consumers} consumidor(es) registrado(s) na fila '{self.queue}': cancele "
-                               f"o consumidor (channel.cancel()) antes de voltar.")
+        expect(consumers == 0, f"Ainda há {consumers} consumidor(es) registrado(s) na fila '{self.queue}'. "
+                               f"{phrases.CANCEL_CONSUMER}")
         if ready:
             s = kit.stats(ctx.queue(self.queue))  # one look, no wait: only to word the hint
             if s.get("redeliver", 0) > 2 * n:
                 why = (f"o broker registrou {s['redeliver']} reentregas: as falhas voltaram "
-                       f"para a fila vezes sem fim (requeue=True em toda falha). Na segunda falha, descarte com "
-                       f"requeue=False. {phrases.STATS_MAY_LAG}")
+                       f"para a fila a cada falha, sem limite de tentativas (requeue=True em toda falha). Na segunda "
+                       f"falha, descarte com requeue=False. {phrases.STATS_MAY_LAG}")
             else:
                 why = ("foram entregues e não confirmadas nem recusadas (voltaram quando a conexão fechou), ou nem "
                        "chegaram a ser consumidas. Cada entrega termina em basic_ack, ou em basic_nack/basic_reject.")
@@ -970,7 +1135,10 @@ class SegundaChance(Exercise):
                f"(method.redelivered) e falha, já está na segunda.")
         if ctx.namespace is not None:
             return  # in the kernel, run() saw every attempt exactly; the counters are the grader's evidence
+        # Counters only grow: too many acks or redeliveries is a final verdict as soon as it shows.
         q = ctx.queue_when(self.queue, lambda q: kit.no_ack_deliveries(q)
+                           or kit.stats(q).get("ack", 0) > len(self.paid)
+                           or kit.stats(q).get("redeliver", 0) > self.redeliveries
                            or (kit.stats(q).get("ack", 0) >= len(self.paid)
                                and kit.stats(q).get("redeliver", 0) >= self.redeliveries))
         s, no_ack = kit.stats(q), kit.no_ack_deliveries(q)
