@@ -8,6 +8,10 @@ published to (1.2, read through the management API after the learner's connectio
 per-exchange publish counters are not used: they lag and can outlive a deleted exchange), and
 where the check's own probe messages land (1.3, `routing_table`: publisher confirms + exact ready
 counts; the probes are taken out again). No check waits for statistics.
+
+In the kernel, each check also knows exactly what the learner's function did with the channel it
+handed over (`kit.record_calls`) and whether the function left a connection of its own open
+(`kit.open_connections` before and after the call): the statements ask for the channel received.
 """
 from __future__ import annotations
 
@@ -28,6 +32,49 @@ def _describe(bindings) -> str:
     return ", ".join(f"{q} ← '{k}'" for q, k in sorted(bindings)) or "nenhum"
 
 
+_WATCHED = ("exchange_declare", "queue_declare", "queue_bind", "basic_publish")
+
+
+def _call_with_channel(ctx: CheckContext, name: str) -> list[tuple[str, dict]]:
+    """Call the learner's `name(channel)` with a channel of the check's own (closed afterwards) and
+    return what the function did through that channel. Fails if the function left a connection of
+    its own open (kernel side, exact: the BlockingConnections open before and after the call)."""
+    with kit.learner_channel(ctx, f"{name}(channel)") as channel:
+        calls = kit.record_calls(channel, *_WATCHED)
+        before = kit.open_connections()
+        ctx.call(name, channel)
+        leaked = kit.open_connections() - before
+    expect(not leaked,
+           f"{name}() não usou só o channel recebido: abriu uma conexão própria e a deixou aberta "
+           f"({len(leaked)} conexão(ões) ainda aberta(s) depois que a função voltou). O enunciado pede que "
+           f"ela faça tudo pelo `channel` que recebe (a verificação abre e fecha a conexão dele): não abra "
+           f"outra conexão dentro da função.")
+    return calls
+
+
+def _through_channel(calls: list[tuple[str, dict]], method: str) -> list[dict]:
+    """The arguments of each call of `method` made through the channel the check handed over."""
+    return [arguments for name, arguments in calls if name == method]
+
+
+def _expect_queue(ctx: CheckContext, name: str, where: str, calls) -> None:
+    """The queue exists as a plain durable queue; when it is gone, say why if an exclusive
+    declaration explains it (kernel side: the call through the check's channel is recorded)."""
+    if ctx.queue(name) is None:
+        exclusive = any(a.get("queue") == name and a.get("exclusive")
+                        for a in _through_channel(calls or [], "queue_declare"))
+        if exclusive:
+            raise AssertionError(
+                f"A fila '{name}' não existe mais: {where} a declarou com exclusive=True. Uma fila exclusiva "
+                f"pertence à conexão que a declarou e é apagada quando essa conexão fecha (a verificação fecha a "
+                f"conexão logo depois de chamar a sua função). Declare-a com durable=True, como pede o enunciado.")
+        raise AssertionError(
+            f"A fila '{name}' não existe no broker. Declare-a em {where} com "
+            f"channel.queue_declare(queue='{name}', durable=True). (Uma fila declarada com exclusive=True "
+            f"some quando a conexão que a declarou fecha.)")
+    kit.expect_durable_queue(ctx, name, where)
+
+
 # --- 1.1 -----------------------------------------------------------------------------------
 
 class MontarNotificacoes(Exercise):
@@ -42,10 +89,11 @@ class MontarNotificacoes(Exercise):
 
     def run(self, ctx: CheckContext) -> None:
         kit.reset_topology(ctx, [self.exchange], self.queues)
-        with kit.learner_channel(ctx, "montar_notificacoes(channel)") as channel:
-            ctx.call("montar_notificacoes", channel)
+        self.calls = None
+        self.calls = _call_with_channel(ctx, "montar_notificacoes")
 
     def verify(self, ctx: CheckContext) -> None:
+        calls = getattr(self, "calls", None)  # kernel side only
         ex = ctx.management.exchange_or_none(self.exchange)
         expect(ex is not None, f"A exchange '{self.exchange}' não existe no broker. Declare-a com "
                                f"channel.exchange_declare(exchange='{self.exchange}', "
@@ -55,7 +103,7 @@ class MontarNotificacoes(Exercise):
                f"'{self.exchange_type}' (cada evento vai só para as filas ligadas com aquela chave).")
         expect(ex.get("durable"), f"A exchange '{self.exchange}' não é durável: declare-a com durable=True.")
         for name in self.queues:
-            kit.expect_durable_queue(ctx, name, "montar_notificacoes()")
+            _expect_queue(ctx, name, "montar_notificacoes()", calls)
         found = _queue_bindings(ctx, self.exchange)
         missing, extra = self.bindings - found, found - self.bindings
         expect(not missing and not extra,
@@ -63,6 +111,20 @@ class MontarNotificacoes(Exercise):
                f"Faltam: {_describe(missing)}. Sobram: {_describe(extra)}. Use "
                f"channel.queue_bind(queue=FILA, exchange='{self.exchange}', routing_key=CHAVE), "
                f"uma vez para cada par fila ← chave.")
+        if calls is None:
+            return
+        # Kernel side: the broker holds the right topology; was it declared through the channel given?
+        declared = ({a.get("exchange") for a in _through_channel(calls, "exchange_declare")} |
+                    {a.get("queue") for a in _through_channel(calls, "queue_declare")})
+        bound = {(a.get("queue"), a.get("routing_key")) for a in _through_channel(calls, "queue_bind")
+                 if a.get("exchange") == self.exchange}
+        elsewhere = ([f"a exchange '{self.exchange}'"] * (self.exchange not in declared)
+                     + [f"a fila '{q}'" for q in self.queues if q not in declared]
+                     + [f"o binding {q} ← '{k}'" for q, k in sorted(self.bindings - bound)])
+        expect(not elsewhere,
+               f"O broker mostra a topologia certa, mas montar_notificacoes() não declarou pelo channel "
+               f"recebido: {', '.join(elsewhere)}. O enunciado pede que a função use o `channel` que recebe "
+               f"(channel.exchange_declare, channel.queue_declare, channel.queue_bind), sem abrir outra conexão.")
 
 
 # --- 1.2 -----------------------------------------------------------------------------------
@@ -81,11 +143,9 @@ class Avisar(Exercise):
     def run(self, ctx: CheckContext) -> None:
         montar_restaurante(ctx.curso)
         self.publish_calls = None
-        with kit.learner_channel(ctx, "avisar(channel)") as channel:
-            calls = kit.record_calls(channel, "basic_publish")
-            ctx.call("avisar", channel)
+        calls = _call_with_channel(ctx, "avisar")
         # The connection is closed: everything avisar() published has been routed to its queues.
-        self.publish_calls = len(calls)
+        self.publish_calls = len(_through_channel(calls, "basic_publish"))
 
     def verify(self, ctx: CheckContext) -> None:
         for exchange, kind in RESTAURANTE["exchanges"].items():
@@ -123,6 +183,10 @@ class Avisar(Exercise):
         # Kernel side only: how often avisar() called basic_publish on the channel it was given
         # (a publish that no queue took leaves no trace in the broker).
         calls = getattr(self, "publish_calls", None)
+        expect(calls is None or calls >= self.publishes,
+               f"As filas ficaram certas, mas avisar() chamou channel.basic_publish no channel recebido "
+               f"{calls} vez(es), e não {self.publishes}: publicou por outro canal. O enunciado pede que "
+               f"avisar() publique pelo `channel` que recebe, sem abrir outra conexão.")
         expect(calls is None or calls <= self.publishes,
                f"As filas ficaram certas, mas avisar() chamou channel.basic_publish {calls} vezes; o "
                f"enunciado pede uma chamada para cada mensagem ({self.publishes}). Uma publicação numa "
@@ -152,12 +216,13 @@ class MontarAlertas(Exercise):
 
     def run(self, ctx: CheckContext) -> None:
         kit.reset_topology(ctx, [self.exchange], self.queues)
-        with kit.learner_channel(ctx, "montar_alertas(channel)") as channel:
-            ctx.call("montar_alertas", channel)
+        self.calls = None
+        self.calls = _call_with_channel(ctx, "montar_alertas")
 
     def verify(self, ctx: CheckContext) -> None:
         from ...routing import routing_table
 
+        calls = getattr(self, "calls", None)  # kernel side only
         ex = ctx.management.exchange_or_none(self.exchange)
         expect(ex is not None,
                f"A exchange '{self.exchange}' não existe no broker: declare-a em montar_alertas() com "
@@ -168,7 +233,7 @@ class MontarAlertas(Exercise):
                f"(com os seus bindings) sobrevive a um reinício do broker. Declare-a com durable=True "
                f"(a verificação apaga a exchange antes de chamar montar_alertas()).")
         for name in self.queues:
-            kit.expect_durable_queue(ctx, name, "montar_alertas()")
+            _expect_queue(ctx, name, "montar_alertas()", calls)
             counts = kit.exact_counts(ctx, name)
             expect(counts is None or not counts[1],
                    f"A fila '{name}' tem consumidor: montar_alertas() só deve declarar, sem consumir (o "

@@ -9,18 +9,82 @@ queues (requeued in place), so the learner can look at them in the management UI
 Because the probe lives in `verify`, the grader's broker-side run (outside the learner's kernel,
 with the student's own credentials) repeats the whole routing test: only a topology that really
 routes as asked passes.
+
+The answers here are cells, not functions: when one of their declarations is refused by the broker
+(a 406 for an argument of the wrong type, ...), the cell raises and the object is simply missing.
+In the kernel, the check reads that refusal where IPython keeps the exception of the last failed
+cell (`sys.last_value`) and names it, instead of only saying that the object does not exist.
+A hint says that bindings of an earlier try may be left on the broker only when the broker holds
+bindings that explain the fault (extra ones, not a missing one).
 """
 from __future__ import annotations
+
+import re
+import sys
 
 import pika
 import pika.exceptions
 
+from ...errors import StrictModeError
 from .. import kit
 from ..checks import CheckContext, Exercise, expect
 
 Message = tuple[str, str, "dict | None", str]  # (exchange, routing key, headers, body)
-START_CLEAN = ("(Ligações de tentativas anteriores continuam no broker: para recomeçar limpo, apague a "
-               "exchange no começo da célula, com channel.exchange_delete(exchange=...).)")
+
+
+def _start_clean(exchange: str) -> str:
+    """Said only when the broker holds bindings that explain the fault: they may be an earlier try's."""
+    return (f"(Se algum desses bindings sobrou de uma tentativa anterior: bindings ficam no broker até serem "
+            f"desfeitos ou a exchange ser apagada. Comece a célula com "
+            f"channel.exchange_delete(exchange='{exchange}') e rode-a de novo.)")
+
+
+# --- what the learner's answer cell was refused (kernel side) ---------------------------------
+
+# Channel errors the broker gave the learner's cells, newest last: IPython keeps only the last failed
+# cell's exception (sys.last_value), and the next failed check cell replaces it, so the check
+# remembers the refusals it has seen.
+_REFUSALS: list = []
+
+
+def _refusal_text(exc: BaseException) -> str:
+    return str(exc.reply_text) if isinstance(exc, pika.exceptions.ChannelClosedByBroker) else str(exc)
+
+
+def _refusal_naming(ctx: CheckContext, name: str):
+    """Kernel side: the refusal of a declaration naming `name` in a failed answer cell (the broker's
+    ChannelClosedByBroker, or strict mode's StrictModeError: what RabbitMQ 4.x refuses), or None."""
+    if ctx.namespace is None:
+        return None
+    last = getattr(sys, "last_value", None)
+    if (isinstance(last, (pika.exceptions.ChannelClosedByBroker, StrictModeError))
+            and all(last is not r for r in _REFUSALS)):
+        _REFUSALS.append(last)
+        del _REFUSALS[:-10]
+    return next((r for r in reversed(_REFUSALS) if f"'{name}'" in _refusal_text(r)), None)
+
+
+def _forget_refusals(name: str) -> None:
+    """`name` exists now: an old refusal naming it no longer explains anything."""
+    _REFUSALS[:] = [r for r in _REFUSALS if f"'{name}'" not in _refusal_text(r)]
+
+
+def _refusal_hint(what: str, refusal) -> str:
+    text = _refusal_text(refusal)
+    if isinstance(refusal, StrictModeError):
+        return (f"{what} não existe no broker: a sua célula de resposta parou num erro ao declará-la, e o resto "
+                f"dela não rodou. {text} Corrija a declaração e rode a célula de resposta de novo.")
+    hint = (f"{what} não existe no broker: quando a sua célula de resposta a declarou, o broker recusou a "
+            f"declaração e fechou o canal ({refusal.reply_code} {text}), e o resto da célula não rodou.")
+    argument = re.search(r"invalid arg '([^']+)'", text)
+    if argument and re.search(r"integer|unacceptable_type|longstr", text):  # 3.10 and 4.x wordings
+        hint += (f" O argumento {argument.group(1)} tem valor de tipo errado: argumentos de fila como x-max-length, "
+                 f"x-max-length-bytes e x-message-ttl são um número inteiro ({{'{argument.group(1)}': 3}}), não um "
+                 f"texto ('3').")
+    elif "inequivalent arg" in text:
+        hint += (" Ela já existia com outros argumentos, que não mudam depois de criada: apague-a antes "
+                 "(queue_delete / exchange_delete) e declare de novo.")
+    return hint + " Corrija a declaração e rode a célula de resposta de novo."
 
 
 # --- what the broker has ----------------------------------------------------------------------
@@ -28,15 +92,20 @@ START_CLEAN = ("(Ligações de tentativas anteriores continuam no broker: para r
 def _expect_exchange(ctx: CheckContext, name: str, kind: str) -> dict:
     """The exchange's management record; fails with a hint if missing, of another type or transient."""
     info = ctx.management.exchange_or_none(name)
+    if info is None:
+        refusal = _refusal_naming(ctx, name)
+        if refusal is not None:
+            raise AssertionError(_refusal_hint(f"A exchange '{name}'", refusal))
     expect(info is not None,
            f"A exchange '{name}' não existe no broker. Declare-a com channel.exchange_declare("
            f"exchange='{name}', exchange_type='{kind}', durable=True).")
+    _forget_refusals(name)
     expect(info.get("type") == kind,
            f"A exchange '{name}' é do tipo '{info.get('type')}'; o exercício pede '{kind}'. O tipo não "
            f"muda depois de criada: apague-a (channel.exchange_delete(exchange='{name}')) e declare de novo "
            f"com exchange_type='{kind}'.")
     expect(info.get("durable"),
-           f"A exchange '{name}' não é durável: ela (e as suas ligações) sumiria num reinício do broker. "
+           f"A exchange '{name}' não é durável: ela, com os seus bindings, sumiria num reinício do broker. "
            f"Apague-a (channel.exchange_delete(exchange='{name}')) e declare com durable=True.")
     return info
 
@@ -45,20 +114,26 @@ def _expect_queues(ctx: CheckContext, names: list[str]) -> dict[str, dict]:
     """Management records of the exercise's queues; each must exist as a plain durable queue."""
     records = {}
     for name in names:
+        if ctx.queue(name) is None:
+            refusal = _refusal_naming(ctx, name)
+            if refusal is not None:
+                raise AssertionError(_refusal_hint(f"A fila '{name}'", refusal))
         try:
             records[name] = kit.expect_durable_queue(ctx, name, "sua resposta")
         except AssertionError as exc:
-            if ctx.queue(name) is None:  # the usual cause here: declared exclusive, gone with its connection
-                raise AssertionError(f"{exc} (Uma fila exclusive=True some quando a conexão que a criou "
-                                     f"fecha.)") from None
+            if ctx.queue(name) is None:  # declared exclusive (gone with its connection), or refused
+                raise AssertionError(f"{exc} (Se a célula de resposta deu erro, o broker pode ter recusado a "
+                                     f"declaração: leia a mensagem do erro. Uma fila exclusive=True some quando "
+                                     f"a conexão que a criou fecha.)") from None
             raise
+        _forget_refusals(name)
     return records
 
 
 def _describe_bindings(bindings: list[dict]) -> str:
     """'estoque ← criado; emails ← pago' (headers: the arguments) for hints."""
     if not bindings:
-        return "nenhuma"
+        return "nenhum"
     parts = []
     for b in bindings:
         args = {k: v for k, v in (b.get("arguments") or {}).items()}
@@ -66,6 +141,22 @@ def _describe_bindings(bindings: list[dict]) -> str:
         kind = "exchange " if b["destination_type"] == "exchange" else ""
         parts.append(f"{kind}{b['destination']} ← {what}")
     return "; ".join(parts)
+
+
+def _topic_matches(binding_key: str, routing_key: str) -> bool:
+    """Whether a topic exchange routes `routing_key` through `binding_key` (* one word, # zero or more)."""
+    def match(pattern: list[str], words: list[str]) -> bool:
+        if not pattern:
+            return not words
+        head, rest = pattern[0], pattern[1:]
+        if head == "#":
+            return any(match(rest, words[i:]) for i in range(len(words) + 1))
+        return bool(words) and head in ("*", words[0]) and match(rest, words[1:])
+    return match(binding_key.split("."), routing_key.split("."))
+
+
+def _extra_bodies(received: list[str], wanted: list[str]) -> list[str]:
+    return [b for b in received if b not in wanted]
 
 
 # --- the probe -------------------------------------------------------------------------------
@@ -159,21 +250,42 @@ class CentralDePedidos(Exercise):
         _expect_queues(ctx, self.queues)
         received = _probe(ctx, [(self.exchange, key, None, key) for key, _ in self.routes], self.queues)
         problem = _compare(received, _expected_by_queue(self.routes, self.queues), lambda b: f"'{b}'")
-        if problem is None:
-            return
+        if problem is not None:
+            expect(False, self._routing_hint(ctx, problem))
+        self._expect_closed(ctx)
+
+    def _routing_hint(self, ctx: CheckContext, problem: str) -> str:
         bindings = kit.bindings_from(ctx, self.exchange)
-        by_name = [b for b in bindings if b["routing_key"] in self.queues]
+        wanted = {(q, key) for key, targets in self.routes for q in targets}
+        unexpected = [b for b in bindings if (b["destination"], b["routing_key"]) not in wanted]
+        by_name = [b for b in unexpected if b["routing_key"] in self.queues]
         hint = (f"Publiquei na exchange '{self.exchange}' as routing keys "
                 f"{[key for key, _ in self.routes]} (o corpo de cada mensagem é a própria routing key) e "
-                f"{problem}. Ligações de '{self.exchange}' no broker: {_describe_bindings(bindings)}.")
+                f"{problem}. Bindings de '{self.exchange}' no broker: {_describe_bindings(bindings)}.")
         if by_name:
             hint += (" Você usou nomes de fila como binding key: numa exchange direct o que vale é a binding "
                      "key igual à routing key do evento (criado, pago...), não o nome da fila. Ligue cada "
                      "fila uma vez por evento que ela quer receber.")
+        others = [b for b in unexpected if b not in by_name]
+        if others:
+            hint += f" Bindings que a topologia pedida não tem: {_describe_bindings(others)}."
+        if unexpected:
+            hint += f" {_start_clean(self.exchange)}"
         else:
             hint += (" Lembre: várias filas podem ser ligadas com a mesma chave, e uma fila pode ser ligada "
-                     "com várias chaves (um queue_bind para cada). " + START_CLEAN)
-        expect(False, hint)
+                     "com várias chaves (um queue_bind para cada).")
+        return hint
+
+    def _expect_closed(self, ctx: CheckContext) -> None:
+        """The statement asks to connect as in chapter 2: the answer cell's connection is closed."""
+        if ctx.namespace is not None and not kit.open_connections():
+            return  # in the kernel: no pika connection is open in it at all (exact)
+        left = kit.connections_now(ctx)
+        expect(not left,
+               f"A topologia está certa, mas a célula de resposta deixou uma conexão aberta: o broker ainda "
+               f"mostra {len(left)} conexão(ões) no vhost {ctx.curso.vhost}. Como no capítulo 2, feche-a no fim: "
+               f"connection.close(), ou abra-a num bloco `with pika.BlockingConnection(curso.params()) as "
+               f"connection:`, que fecha sozinho.")
 
 
 # --- 3.2 topic (reasoning) -------------------------------------------------------------------
@@ -215,18 +327,25 @@ class EventosPorTopico(Exercise):
             if problem is None:
                 continue
             keys = [b["routing_key"] for b in kit.bindings_from(ctx, self.exchange) if b["destination"] == queue]
-            expect(False,
-                   f"Publiquei {len(self.routes)} eventos na exchange '{self.exchange}' (alguns além dos do "
-                   f"enunciado, seguindo as mesmas regras) e {problem}. A regra dela: "
-                   f"{self.rules[queue]}. Binding keys dela no broker: {keys or 'nenhuma'}. Lembre: * casa "
-                   f"exatamente uma palavra, # casa zero ou mais. {START_CLEAN}")
+            hint = (f"Publiquei {len(self.routes)} eventos na exchange '{self.exchange}' (alguns além dos do "
+                    f"enunciado, seguindo as mesmas regras) e {problem}. A regra dela: "
+                    f"{self.rules[queue]}. Binding keys dela no broker: {keys or 'nenhuma'}. Lembre: * casa "
+                    f"exatamente uma palavra, # casa zero ou mais.")
+            extra = _extra_bodies(received[queue], expected[queue])
+            wrong = [k for k in keys if any(_topic_matches(k, rk) for rk in extra)]
+            if wrong:
+                hint += (f" Quem leva a ela o que não deveria: {', '.join(repr(k) for k in wrong)}"
+                         f" (casa {', '.join(repr(rk) for rk in extra if any(_topic_matches(k, rk) for k in wrong))}).")
+                if len(keys) > 1:
+                    hint += f" Uma binding key por fila resolve; {_start_clean(self.exchange)}"
+            expect(False, hint)
 
 
 # --- 3.3 headers -------------------------------------------------------------------------------
 
 class DocumentosPorCabecalho(Exercise):
     id = "3.3"
-    title = "A exchange headers 'documentos' usa x-match all e any onde devem."
+    title = "A exchange headers 'documentos' entrega cada documento às filas certas."
     points = 2
     exchange = "documentos"
     queues = ["contratos_grandes", "revisao"]
@@ -260,13 +379,19 @@ class DocumentosPorCabecalho(Exercise):
             return
         bindings = kit.bindings_from(ctx, self.exchange)
         hint = (f"Publiquei {len(self.documents)} documentos na exchange '{self.exchange}' e {problem}. "
-                f"Ligações de '{self.exchange}' no broker: {_describe_bindings(bindings)}. ")
+                f"Bindings de '{self.exchange}' no broker: {_describe_bindings(bindings)}. ")
         if any(not (b.get("arguments") or {}) for b in bindings):
-            hint += ("Há ligação sem argumentos: a exchange headers ignora a routing key, e uma ligação sem "
+            hint += ("Há binding sem argumentos: a exchange headers ignora a routing key, e um binding sem "
                      "cabeçalhos (x-match all, sem condições) casa qualquer mensagem. Passe as condições em "
                      "arguments={...}. ")
-        hint += ("x-match=all exige todos os pares da ligação; x-match=any basta um; sem x-match, vale all. "
-                 + START_CLEAN)
+        hint += "x-match=all exige todos os pares do binding; x-match=any basta um; sem x-match, vale all."
+        expected = _expected_by_queue(routes, self.queues)
+        crowded = [q for q in self.queues if _extra_bodies(received[q], expected[q])
+                   and sum(b["destination"] == q for b in bindings) > 1]
+        if crowded:
+            hint += (f" A fila {', '.join(repr(q) for q in crowded)} tem mais de um binding, e os bindings de uma "
+                     f"fila valem como OU: o documento entra se qualquer um deles casar. "
+                     f"{_start_clean(self.exchange)}")
         expect(False, hint)
 
 
@@ -300,13 +425,13 @@ class AuditoriaEmCascata(Exercise):
                  if b["destination_type"] == "exchange" and {b["source"], b["destination"]} == {self.source, self.destination}]
         reversed_links = [b for b in links if b["source"] == self.destination]
         expect(not reversed_links,
-               f"A ligação entre exchanges está ao contrário: '{self.destination}' → '{self.source}'. Em "
+               f"O binding entre exchanges está ao contrário: '{self.destination}' → '{self.source}'. Em "
                f"channel.exchange_bind(destination=..., source=..., routing_key=...), a mensagem vai da "
                f"source para a destination: source='{self.source}', destination='{self.destination}'. "
-               f"Desfaça a errada com channel.exchange_unbind(...) ou apague as exchanges e recomece.")
+               f"Desfaça o errado com channel.exchange_unbind(...) ou apague as exchanges e recomece.")
         expect(links,
-               f"Não há ligação da exchange '{self.source}' para a exchange '{self.destination}'. O exercício "
-               f"pede uma ligação entre exchanges: channel.exchange_bind(destination='{self.destination}', "
+               f"Não há binding da exchange '{self.source}' para a exchange '{self.destination}'. O exercício "
+               f"pede um binding entre exchanges: channel.exchange_bind(destination='{self.destination}', "
                f"source='{self.source}', routing_key=...), e não filas ligadas direto na '{self.source}'.")
         direct = [b for b in kit.bindings_from(ctx, self.source) if b["destination_type"] == "queue"
                   and b["destination"] in self.queues]
@@ -321,11 +446,17 @@ class AuditoriaEmCascata(Exercise):
                 f"'{self.destination}' a mensagem "
                 f"{', '.join(key for exchange, key in self.messages if exchange == self.destination)}")
         problem = _compare({archive: received[archive]}, {archive: self.archived}, lambda b: f"'{b}'")
-        expect(problem is None,
-               f"Publiquei {sent}; {problem}. Ligação {self.source} → {self.destination} no broker: "
-               f"{_describe_bindings([b for b in links if b['source'] == self.source])}. Toda routing key que "
-               f"começa com a palavra venda (inclusive 'venda' sozinha e 'venda.paga.br') deve passar; "
-               f"'devolucao.venda' e 'vendas.relatorio' não. {START_CLEAN}")
+        if problem is not None:
+            forward = [b for b in links if b["source"] == self.source]
+            hint = (f"Publiquei {sent}; {problem}. Binding {self.source} → {self.destination} no broker: "
+                    f"{_describe_bindings(forward)}. Toda routing key que começa com a palavra venda (inclusive "
+                    f"'venda' sozinha e 'venda.paga.br') deve passar; 'devolucao.venda' e 'vendas.relatorio' não.")
+            extra = _extra_bodies(received[archive], self.archived)
+            wrong = [b["routing_key"] for b in forward if any(_topic_matches(b["routing_key"], rk) for rk in extra)]
+            if wrong and len(forward) > 1:
+                hint += (f" Quem deixa passar o que não deveria: {', '.join(repr(k) for k in wrong)}; um binding "
+                         f"basta. {_start_clean(self.source)}")
+            expect(False, hint)
         arguments = records[panel].get("arguments") or {}
         wanted = self.archived[-self.panel_size:]
         if arguments.get("x-max-length") != self.panel_size:
