@@ -27,7 +27,7 @@ os.environ.setdefault("CURSO_STRICT", "1")
 os.environ.setdefault("CURSO_VHOST_SUFFIX", "-bench")
 
 from course_utils import setup  # noqa: E402
-from course_utils.exercises import judge  # noqa: E402
+from course_utils.exercises import judge, kit  # noqa: E402
 from course_utils.exercises import metadata as fmt  # noqa: E402
 from course_utils.nbrun import run_notebook  # noqa: E402
 
@@ -64,7 +64,7 @@ def time_answer(exercise: str, source: str) -> tuple[float, bool]:
         verdict = judge(exercise, curso, ns)
         return time.perf_counter() - started, verdict.passed
     finally:
-        for leaked in [o for o in gc.get_objects() if isinstance(o, pika.BlockingConnection) and o.is_open]:
+        for leaked in [o for o in gc.get_objects() if isinstance(o, pika.BlockingConnection) and kit.is_open(o)]:
             try:
                 leaked.close()
             except Exception:  # noqa: BLE001

@@ -20,6 +20,7 @@ from course_utils import setup
 from course_utils.cli import main as curso_main
 from course_utils.exercises import metadata as fmt
 from course_utils.exercises.build import build_notebook
+from course_utils.exercises import kit
 from course_utils.exercises.checks import get_exercise, judge
 from course_utils.nbrun import run_notebook
 
@@ -70,7 +71,7 @@ def sandbox(course_broker):
     same name for a while, and must not leak from one test into the next."""
     curso = setup(f"teste-ex-{os.getpid()}-{next(_SANDBOXES)}")
     yield curso
-    for leaked in [o for o in gc.get_objects() if isinstance(o, pika.BlockingConnection) and o.is_open]:
+    for leaked in [o for o in gc.get_objects() if isinstance(o, pika.BlockingConnection) and kit.is_open(o)]:
         try:
             leaked.close()
         except Exception:  # noqa: BLE001 - a connection a wrong answer broke

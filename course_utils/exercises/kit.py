@@ -27,6 +27,7 @@ import pika
 import pika.exceptions
 
 from ..errors import CourseError, StrictModeError
+from ..management import ManagementError
 from . import phrases
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
@@ -436,8 +437,14 @@ def settled(ctx, probe: Callable[[], Any], done: Callable[[Any], bool],
 
 
 def peek_one(ctx, queue: str) -> dict:
-    """The first message of `queue` as the management API shows it (put back), or {}."""
-    messages = ctx.management.peek(queue, 1)
+    """The first message of `queue` as the management API shows it (put back), or {} (also when
+    the queue does not exist)."""
+    try:
+        messages = ctx.management.peek(queue, 1)
+    except ManagementError as exc:
+        if exc.status != 404:
+            raise
+        messages = []
     return messages[0] if messages else {}
 
 
