@@ -40,8 +40,6 @@ def grading_broker(course_broker):
     broker.stop()
 
 
-# The tests that read one class run share a worker, so that the class is graded once.
-CLASS = pytest.mark.xdist_group("grading-class")
 CHAPTERS = sorted(p.name[:2] for p in (ROOT / "exercises").glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -56,8 +54,7 @@ def class_run(tmp_path_factory, grading_broker):
     return subs, out, expected, summary
 
 
-@CLASS
-def test_every_bad_input_gets_its_status(class_run):
+def _every_bad_input_gets_its_status(class_run):
     _, out, expected, _ = class_run
     rows = rows_by(out)
     got = {(student, ex): rows[(student, ex)]["status"] for student, exs in expected.items() for ex in exs}
@@ -68,8 +65,7 @@ def test_every_bad_input_gets_its_status(class_run):
             assert rows[(student, ex)]["reason"], f"{student} {ex}: a {status} needs a reason"
 
 
-@CLASS
-def test_reasons_say_what_happened(class_run):
+def _reasons_say_what_happened(class_run):
     _, out, _, _ = class_run
     rows = rows_by(out)
     assert "não é um caderno" in rows[("json_quebrado", "2.1")]["reason"]
@@ -80,8 +76,7 @@ def test_reasons_say_what_happened(class_run):
     assert "não entregue" in rows[("nao_entregou", "2.1")]["reason"]
 
 
-@CLASS
-def test_solutions_get_full_marks_and_blank_gets_zero(class_run):
+def _solutions_get_full_marks_and_blank_gets_zero(class_run):
     _, out, _, summary = class_run
     with open(out / "grades.csv", newline="") as f:
         grades = {row["student"]: row for row in csv.DictReader(f)}
@@ -93,8 +88,7 @@ def test_solutions_get_full_marks_and_blank_gets_zero(class_run):
     assert float(grades["fuga"]["total"]) == 4.0  # lost 2.1 (every escape refused), nothing else
 
 
-@CLASS
-def test_outputs_are_written(class_run):
+def _outputs_are_written(class_run):
     _, out, expected, summary = class_run
     assert (out / "summary.png").stat().st_size > 1000
     for student in expected:
@@ -102,6 +96,14 @@ def test_outputs_are_written(class_run):
         assert text.startswith(f"# Correção — {student}")
     assert "Exercício 2.2" in (out / "feedback" / "trapaca_verificar.md").read_text(encoding="utf-8")
     assert "perfeito" in summary.table()
+
+
+def test_one_class_run(class_run):
+    """The class is graded once (about 3 min); every property of that run is checked on it."""
+    _every_bad_input_gets_its_status(class_run)
+    _reasons_say_what_happened(class_run)
+    _solutions_get_full_marks_and_blank_gets_zero(class_run)
+    _outputs_are_written(class_run)
 
 
 def test_grading_broker_is_locked_down(course_broker):
