@@ -20,7 +20,6 @@ import inspect
 import json
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -400,29 +399,6 @@ def _dead_lettered(ctx: CheckContext, dead: str, source: str, expected: int) -> 
             else f"{m.get('payload', '')} (publicada direto, não recusada)" for m in messages]
 
 
-class _CheckConnection:
-    """The check's own connection, handed to the learner's function, with a name of its own so that
-    the broker can drop it. The time limit interrupts the learner's code wherever it is, pika's
-    writes included; a connection left mid-frame may then never finish a polite close (it waits for
-    a reply to a frame it never sent, until the heartbeat gives up minutes later). After a timeout
-    the check has the broker close it instead (management API), then closes its side."""
-
-    def __init__(self, ctx: CheckContext):
-        self.ctx = ctx
-        self.tag = f"curso-verificacao-{uuid.uuid4().hex[:12]}"
-        self.connection = ctx.curso.connect(client_properties={"connection_name": self.tag})
-        self.timed_out = False
-
-    def close(self) -> None:
-        if self.timed_out and self.connection.is_open:
-            def mine():
-                return [c["name"] for c in self.ctx.management.connections()
-                        if (c.get("client_properties") or {}).get("connection_name") == self.tag]
-            for name in self.ctx.eventually(mine, bool):
-                self.ctx.management.close_connection(name)
-        kit.close_quietly(self.connection)
-
-
 def _publish(ctx: CheckContext, queue: str, bodies) -> None:
     with ctx.curso.connect() as connection:
         channel = connection.channel()
@@ -573,7 +549,7 @@ class PedidosValidos(Exercise):
     def run(self, ctx: CheckContext) -> None:
         kit.fresh_queue(ctx, self.dead)
         watch = _PikaWatch()
-        check = _CheckConnection(ctx)
+        check = kit.CheckConnection(ctx)
         connection = check.connection
         watch.adopt(connection)
         try:
@@ -583,7 +559,7 @@ class PedidosValidos(Exercise):
             with _LatePublisher(ctx, self.queue, self.batches) as publisher:
                 watch.on_event = lambda what, detail: self._decided(what, detail) and publisher.hurry()
                 result = _call_watched(ctx, watch, "processar_pedidos", channel, self.queue,
-                                       on_timeout=lambda: self._on_timeout(ctx, watch, check),
+                                       on_timeout=lambda: self._on_timeout(ctx, watch),
                                        timeout=self.call_timeout)
             channel_hint = _handed_channel_hint("processar_pedidos", channel, closes)
             # Still open: a consumer left registered shows in a passive declare, exactly.
@@ -673,8 +649,7 @@ class PedidosValidos(Exercise):
                 return True
         return False
 
-    def _on_timeout(self, ctx: CheckContext, watch: _PikaWatch, check: _CheckConnection) -> str:
-        check.timed_out = True
+    def _on_timeout(self, ctx: CheckContext, watch: _PikaWatch) -> str:
         requeued = watch.requeued()
         redelivered = kit.stats(ctx.queue(self.queue)).get("redeliver", 0)
         if requeued or redelivered:
@@ -980,7 +955,7 @@ class SegundaChance(Exercise):
         kit.fresh_queue(ctx, self.dead)
         watch = _PikaWatch()
         cobrar = _Cobrador(self.always_fail, self.fail_once, watch)
-        check = _CheckConnection(ctx)
+        check = kit.CheckConnection(ctx)
         connection = check.connection
         watch.adopt(connection)
         try:
@@ -994,7 +969,7 @@ class SegundaChance(Exercise):
                            lambda ready: ready >= len(self.bodies), timeout=2.0)
             closes = kit.record_calls(channel, "close")
             result = _call_watched(ctx, watch, "processar_pagamentos", channel, self.queue, cobrar,
-                                   on_timeout=lambda: self._on_timeout(ctx, cobrar, check),
+                                   on_timeout=lambda: self._on_timeout(ctx, cobrar),
                                    timeout=self.call_timeout)
             channel_hint = _handed_channel_hint("processar_pagamentos", channel, closes)
             # Still open: a consumer left registered shows in a passive declare, exactly.
@@ -1092,8 +1067,7 @@ class SegundaChance(Exercise):
             crash.basic_get(queue=self.queue, auto_ack=False)
         crash.close()
 
-    def _on_timeout(self, ctx: CheckContext, cobrar: _Cobrador, check: _CheckConnection) -> str:
-        check.timed_out = True
+    def _on_timeout(self, ctx: CheckContext, cobrar: _Cobrador) -> str:
         attempts = dict(cobrar.attempts)
         # an endless loop: a payment tried again and again (a retry that stops at 3 or 4 is not one)
         looping = sorted((b for b, n in attempts.items() if n > 4), key=lambda b: -attempts[b])
