@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dis
 import functools
 import gc
 import inspect
 import os
 import signal
 import threading
+import types
 import uuid
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pika
 import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
 
 from ..errors import CourseError, StrictModeError
 from ..management import ManagementError
@@ -304,6 +307,108 @@ def is_open(connection) -> bool:
 def open_connections() -> set[int]:
     """ids of the BlockingConnections open in this process (kernel side only)."""
     return {id(o) for o in gc.get_objects() if isinstance(o, pika.BlockingConnection) and is_open(o)}
+
+
+def open_in(namespace: dict | None, names=None) -> list[str]:
+    """Names in `namespace` (all but underscore names, or only `names`, a function's globals, which
+    may start with an underscore) bound to an open pika BlockingConnection, or to a channel of one."""
+    namespace = namespace or {}
+    found = []
+    for name in (list(namespace) if names is None else [n for n in names if n in namespace]):
+        if names is None and name.startswith("_"):
+            continue  # IPython's output history (_, _5, ...): not the learner's names, unless used
+        value = namespace.get(name)
+        if isinstance(value, BlockingChannel):
+            value = value.connection
+        if isinstance(value, pika.BlockingConnection) and is_open(value):
+            found.append(name)
+    return sorted(found)
+
+
+def globals_used(fn) -> set[str]:
+    """Global names a function's code reads (its own and its nested code objects', such as
+    comprehensions), not attribute names: `connection.channel()` does not read a global `channel`."""
+    found: set[str] = set()
+    todo = [getattr(fn, "__code__", None)]
+    while todo:
+        code = todo.pop()
+        if code is None:
+            continue
+        found |= {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+        todo.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return found
+
+
+def names_list(names: Iterable[str]) -> str:
+    """`a` e `b`: names as a learner reads them in a hint."""
+    return " e ".join(f"`{n}`" for n in names)
+
+
+def answer_cell_left_open(ctx) -> str | None:
+    """Where the answer cell that ran before this check left a connection open, in pt-BR, or None.
+
+    In the kernel, exact and at once: the learner's names bound to an open connection or channel
+    ("em `connection`"); with none named but a pika connection open in the kernel, the broker's
+    list decides (an unnamed `pika.BlockingConnection(...).channel()`). On the grader's side
+    (`ctx.namespace is None`) only the broker's list tells, read behind a marker
+    (`connections_now`: one collection interval at most)."""
+    if ctx.namespace is not None:
+        held = open_in(ctx.namespace)
+        if held:
+            return f"em {names_list(held)}"
+        if not open_connections():
+            return None
+    left = connections_now(ctx)
+    return f"o broker ainda mostra {len(left)} conexão(ões) aberta(s) no vhost {ctx.curso.vhost}" if left else None
+
+
+# Connections that a learner's function left open, found by the kernel side of a check. Left to
+# themselves they sit in reference cycles, and the garbage collector would close them at some random
+# later moment: the check keeps them open instead, until the next check that watches connections
+# starts (`release_left_open`), so that the grader's broker-side verify (which runs after the check
+# cell) sees what the kernel saw.
+_LEFT_OPEN: list = []
+
+
+def release_left_open() -> None:
+    """Close the connections `watch_connections` kept open for the grader's verify."""
+    while _LEFT_OPEN:
+        close_quietly(_LEFT_OPEN.pop())
+
+
+class OpenedConnections(list):
+    """The connections a block left open (the list), and `created`: every BlockingConnection the
+    block created."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.created: list = []
+
+
+@contextlib.contextmanager
+def watch_connections() -> Iterator[OpenedConnections]:
+    """Collect the pika connections opened in the block and still open after it (kernel side).
+
+    Exact and cheap: each BlockingConnection created in the block is recorded (pika's class is
+    patched for the block only) and held, so that no garbage collection can close a leaked one
+    unseen; the ones still open are kept open until `release_left_open`."""
+    found = OpenedConnections()
+    created = found.created
+    cls = pika.BlockingConnection
+    original = cls.__init__
+
+    @functools.wraps(original)
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        created.append(self)
+
+    cls.__init__ = recording
+    try:
+        yield found
+    finally:
+        cls.__init__ = original
+        found.extend(c for c in created if is_open(c))
+        _LEFT_OPEN.extend(found)
 
 
 def record_calls(channel, *methods: str) -> list[tuple[str, dict]]:

@@ -14,104 +14,14 @@ What each check reads, fastest first:
 """
 from __future__ import annotations
 
-import contextlib
-import dis
-import functools
 import re
 import secrets
-import types
-from typing import Iterator
 
 import pika
 import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel
 
 from .. import kit, phrases
 from ..checks import CheckContext, Exercise, expect
-
-
-# --- shared by the exercises of this chapter (kit candidates) -----------------------------------
-
-
-def _open_in(namespace: dict | None, names=None) -> list[str]:
-    """Names in `namespace` (all but underscore names, or only `names`, a function's globals, which
-    may start with an underscore) bound to an open pika BlockingConnection, or to a channel of one."""
-    namespace = namespace or {}
-    found = []
-    for name in (list(namespace) if names is None else [n for n in names if n in namespace]):
-        if names is None and name.startswith("_"):
-            continue  # IPython's output history (_, _5, ...): not the learner's names, unless used
-        value = namespace.get(name)
-        if isinstance(value, BlockingChannel):
-            value = value.connection
-        if isinstance(value, pika.BlockingConnection) and kit.is_open(value):
-            found.append(name)
-    return sorted(found)
-
-
-def _globals_used(fn) -> set[str]:
-    """Global names a function's code reads (its own and its nested code objects', such as
-    comprehensions), not attribute names: `connection.channel()` does not read a global `channel`."""
-    found: set[str] = set()
-    todo = [getattr(fn, "__code__", None)]
-    while todo:
-        code = todo.pop()
-        if code is None:
-            continue
-        found |= {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
-        todo.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
-    return found
-
-
-# Connections that a learner's function left open, found by the kernel side of a check. Left to
-# themselves they sit in reference cycles, and the garbage collector would close them at some random
-# later moment: the check keeps them open instead, until the next check of this chapter starts, so
-# that the grader's broker-side verify (which runs after the check cell) sees what the kernel saw.
-_LEFT_OPEN: list = []
-
-
-def _release_left_open() -> None:
-    while _LEFT_OPEN:
-        kit.close_quietly(_LEFT_OPEN.pop())
-
-
-class _Opened(list):
-    """The connections a block left open (the list), and `created`: every BlockingConnection the
-    block created."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.created: list = []
-
-
-@contextlib.contextmanager
-def _watch_leaks() -> Iterator[_Opened]:
-    """Collect the pika connections opened in the block and still open after it (kernel side).
-
-    Exact and cheap: each BlockingConnection created in the block is recorded (pika's class is
-    patched for the block only) and held, so that no garbage collection can close a leaked one
-    unseen; the ones still open are kept open (`_LEFT_OPEN`)."""
-    found = _Opened()
-    created = found.created
-    cls = pika.BlockingConnection
-    original = cls.__init__
-
-    @functools.wraps(original)
-    def recording(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        created.append(self)
-
-    cls.__init__ = recording
-    try:
-        yield found
-    finally:
-        cls.__init__ = original
-        found.extend(c for c in created if kit.is_open(c))
-        _LEFT_OPEN.extend(found)
-
-
-def _variables(names: list[str]) -> str:
-    return " e ".join(f"`{n}`" for n in names)
 
 
 # --- 2.1 ---------------------------------------------------------------------------------------
@@ -124,16 +34,10 @@ class BoasVindas(Exercise):
     body = "Olá, RabbitMQ!"
 
     def run(self, ctx: CheckContext) -> None:
-        _release_left_open()
+        kit.release_left_open()
         # The answer cell ran before this check: a connection it left open is still open now.
-        held = _open_in(ctx.namespace)
-        expect(not held, f"A conexão da célula de resposta continua aberta (em {_variables(held)}). "
-                         f"{self._close_hint()}")
-        if bool(kit.open_connections()) and kit.connections_now(ctx):
-            # An open connection nothing names (pika.BlockingConnection(...).channel()...), and the
-            # broker confirms one in this vhost.
-            expect(False, f"A célula de resposta deixou uma conexão aberta: o broker ainda a mostra no "
-                          f"vhost {ctx.curso.vhost}. {self._close_hint()}")
+        left = kit.answer_cell_left_open(ctx)
+        expect(left is None, f"A conexão da célula de resposta continua aberta ({left}). {self._close_hint()}")
 
     def verify(self, ctx: CheckContext) -> None:
         q = ctx.queue(self.queue)
@@ -161,9 +65,9 @@ class BoasVindas(Exercise):
                f"direto na fila de nome igual à routing key, sem binding nenhum.")
         if ctx.namespace is None:
             # The grader's side: run() looked at the kernel; here the broker tells, behind a marker.
-            left = kit.connections_now(ctx)
-            expect(not left, f"O broker ainda mostra {len(left)} conexão(ões) aberta(s) no vhost: a célula "
-                             f"de resposta abriu uma conexão e não a fechou. {self._close_hint()}")
+            left = kit.answer_cell_left_open(ctx)
+            expect(left is None, f"A célula de resposta abriu uma conexão e não a fechou ({left}). "
+                                 f"{self._close_hint()}")
 
     @staticmethod
     def _close_hint() -> str:
@@ -196,7 +100,7 @@ class Receber(Exercise):
         return [(self.queue, published, published[: self.n]), (self.short_queue, short, short)]
 
     def run(self, ctx: CheckContext) -> None:
-        _release_left_open()
+        kit.release_left_open()
         self.token = secrets.token_hex(2)
         for queue, bodies, _ in self.cases(self.token):
             kit.fresh_queue(ctx, queue, bodies)
@@ -354,22 +258,22 @@ class FecharConexao(Exercise):
         self.before = kit.connection_names(ctx)
 
     def run(self, ctx: CheckContext) -> None:
-        _release_left_open()
+        kit.release_left_open()
         fn = ctx.learner("publicar_todas")
-        shared = _open_in(ctx.namespace, _globals_used(fn))
+        shared = kit.open_in(ctx.namespace, kit.globals_used(fn))
         expect(not shared,
-               f"publicar_todas() usa {_variables(shared)}, de uma conexão aberta fora dela (e que continua "
+               f"publicar_todas() usa {kit.names_list(shared)}, de uma conexão aberta fora dela (e que continua "
                f"aberta). O enunciado pede que a função abra a sua própria conexão e a feche antes de voltar: "
                f"`with pika.BlockingConnection(curso.params()) as connection:` dentro da função.")
         # Something goes wrong in the middle: the error may escape, the connection must be closed.
         ctx.management.delete_queue(self.queue)
-        with _watch_leaks() as left_on_error:
+        with kit.watch_connections() as left_on_error:
             try:
                 ctx.call("publicar_todas", list(self.broken))
             except AssertionError:
                 pass  # the learner's exception, as expected (a missing function fails the call below)
         ctx.management.delete_queue(self.queue)
-        with _watch_leaks() as left:
+        with kit.watch_connections() as left:
             ctx.call("publicar_todas", list(self.messages))
         expect(left.created,
                "publicar_todas() não abriu conexão nenhuma: publicou por uma conexão aberta fora dela. O "

@@ -278,14 +278,11 @@ class CentralDePedidos(Exercise):
 
     def _expect_closed(self, ctx: CheckContext) -> None:
         """The statement asks to connect as in chapter 2: the answer cell's connection is closed."""
-        if ctx.namespace is not None and not kit.open_connections():
-            return  # in the kernel: no pika connection is open in it at all (exact)
-        left = kit.connections_now(ctx)
-        expect(not left,
-               f"A topologia está certa, mas a célula de resposta deixou uma conexão aberta: o broker ainda "
-               f"mostra {len(left)} conexão(ões) no vhost {ctx.curso.vhost}. Como no capítulo 2, feche-a no fim: "
-               f"connection.close(), ou abra-a num bloco `with pika.BlockingConnection(curso.params()) as "
-               f"connection:`, que fecha sozinho.")
+        left = kit.answer_cell_left_open(ctx)
+        expect(left is None,
+               f"A topologia está certa, mas a célula de resposta deixou uma conexão aberta ({left}). Como no "
+               f"capítulo 2, feche-a no fim: connection.close(), ou abra-a num bloco `with "
+               f"pika.BlockingConnection(curso.params()) as connection:`, que fecha sozinho.")
 
 
 # --- 3.2 topic (reasoning) -------------------------------------------------------------------
