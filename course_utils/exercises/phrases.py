@@ -57,3 +57,19 @@ def raised(name: str, exc: BaseException) -> str:
 
 def queue_missing(name: str) -> str:
     return f"A fila '{name}' não existe: {RERUN}"
+
+# Threads and pika (chapter 5 on, wherever a learner's code consumes from several threads).
+THREADS_ACK = ("Conexões e canais do pika não são thread-safe: só a thread que criou a conexão pode usá-la. "
+               "A thread trabalhadora deve pedir o ack à thread da conexão: "
+               "connection.add_callback_threadsafe(functools.partial(ch.basic_ack, delivery_tag=tag)) — ou "
+               "então cada thread abre a sua própria conexão, dentro dela. (A verificação fez essas chamadas "
+               "pelo caminho seguro para poder continuar; sem isso, o pika corrompe o próprio estado e falha "
+               "de jeitos aleatórios, como IndexError('pop from an empty deque').)")
+
+THREADS_EBOOK = ("threading.Thread(target=channel.basic_consume, ...) — o exemplo do e-book — está errado duas "
+                 "vezes: basic_consume só registra o consumidor (quem entrega as mensagens é o laço: "
+                 "start_consuming(), process_data_events() ou consume()), e um canal do pika não pode ser usado "
+                 "por várias threads.")
+THREADS_CONSUME = ("Conexões e canais do pika não são thread-safe: só a thread que criou a conexão pode "
+                   "usá-la. Ou cada thread abre a sua própria conexão, dentro dela, e consome nela; ou uma "
+                   "thread só consome e as trabalhadoras confirmam por connection.add_callback_threadsafe(...).")

@@ -6,7 +6,7 @@ says it was rejected from the exercise's queue. So the broker itself keeps exact
 messages were rejected, readable at once, and `verify` needs statistics only for what nothing else
 shows (ack, no-ack and redeliver counters), and reads them on the grader's side only.
 
-In the kernel, `_PikaWatch` watches how the learner's code uses pika during the call (public API
+In the kernel, `PikaWatch` watches how the learner's code uses pika during the call (public API
 only, patched on the classes for the duration of the call and restored afterwards): which thread
 created each connection, the consumers and their auto_ack, every ack/nack/reject and the message
 it settled. That makes the kernel-side hints exact and instant, and it performs an ack/nack/reject
@@ -15,21 +15,17 @@ answer fails with a hint about threads every time instead of corrupting pika's i
 """
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
 
 import pika
 import pika.exceptions
-from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from .. import kit, phrases
 from ..checks import CheckContext, Exercise, expect
+from ..pikawatch import PikaWatch, Settle, call_watched
 
 # pt-BR advice for the AMQP errors a learner's code of this chapter typically provokes, by a piece
 # of the broker's reply text.
@@ -44,22 +40,6 @@ CHANNEL_WAS_CLOSED = ("O canal já estava fechado: o broker o fecha (406 PRECOND
                       "delivery tag) quando uma entrega é confirmada duas vezes, ou por um canal que não foi "
                       "o que a entregou. Confirme cada mensagem uma só vez, no canal que a entregou.")
 
-THREADS_ACK = ("Conexões e canais do pika não são thread-safe: só a thread que criou a conexão pode usá-la. "
-               "A thread trabalhadora deve pedir o ack à thread da conexão: "
-               "connection.add_callback_threadsafe(functools.partial(ch.basic_ack, delivery_tag=tag)) — ou "
-               "então cada thread abre a sua própria conexão, dentro dela. (A verificação fez essas chamadas "
-               "pelo caminho seguro para poder continuar; sem isso, o pika corrompe o próprio estado e falha "
-               "de jeitos aleatórios, como IndexError('pop from an empty deque').)")
-
-THREADS_EBOOK = ("threading.Thread(target=channel.basic_consume, ...) — o exemplo do e-book — está errado duas "
-                 "vezes: basic_consume só registra o consumidor (quem entrega as mensagens é o laço: "
-                 "start_consuming(), process_data_events() ou consume()), e um canal do pika não pode ser usado "
-                 "por várias threads.")
-THREADS_CONSUME = ("Conexões e canais do pika não são thread-safe: só a thread que criou a conexão pode "
-                   "usá-la. Ou cada thread abre a sua própria conexão, dentro dela, e consome nela; ou uma "
-                   "thread só consome e as trabalhadoras confirmam por connection.add_callback_threadsafe(...).")
-
-
 def _amqp_advice(exc: BaseException) -> str | None:
     """The chapter's extra sentence for an AMQP error that escaped the learner's code."""
     text = f"{getattr(exc, 'reply_text', '')} {exc}"
@@ -69,312 +49,6 @@ def _amqp_advice(exc: BaseException) -> str | None:
     if isinstance(exc, pika.exceptions.ChannelWrongStateError):
         return CHANNEL_WAS_CLOSED
     return None
-
-
-# --- watching the learner's use of pika (kernel side) ----------------------------------------------
-
-@dataclass
-class _Settle:
-    kind: str             # basic_ack | basic_nack | basic_reject
-    requeue: bool
-    thread: threading.Thread
-    at: float             # time.monotonic() when the learner's code made the call
-    bodies: list = field(default_factory=list)  # the messages it settles (deliveries the watch saw)
-    known: bool = True    # the delivery tag was delivered on that channel
-
-
-class _PikaWatch:
-    """Watches, for the duration of a learner's call, how the learner's code uses pika.
-
-    Patches BlockingConnection.__init__ and a few BlockingChannel methods on the classes (public API
-    only) inside `with`, and restores them on exit. Only connections created inside the block, or
-    `adopt`ed, are watched; any other connection in the process is left alone. Records:
-    - `consumers`: (how, auto_ack) of every basic_consume / consume / basic_get, and
-      `started_consuming`, whether start_consuming() ran;
-    - `deliveries`: the messages delivered to those consumers, per channel and delivery tag (the
-      keys of redeliveries in `redelivered`, the last delivery of each body in `latest`);
-    - `settles`: every basic_ack / basic_nack / basic_reject, with the messages it settled;
-    - `publishes`: the bodies the learner's code published on a watched channel;
-    - `violations`: (method, calling thread, connection's thread) for every call made from a thread
-      other than the one that created the connection. An ack/nack/reject from the wrong thread is
-      then performed through connection.add_callback_threadsafe, so that pika's internals are not
-      corrupted and the check can report the real cause.
-    `on_event(what, detail)`, when set, hears each consumer registered ("consume", (how, auto_ack)),
-    start_consuming ("start_consuming", None) and settlement ("settle", _Settle) as it happens.
-    """
-
-    SETTLES = ("basic_ack", "basic_nack", "basic_reject")
-
-    def __init__(self) -> None:
-        self.owners: dict[int, tuple[Any, threading.Thread]] = {}
-        self.consumers: list[tuple[str, bool]] = []
-        self.started_consuming = False  # start_consuming() was called on a watched channel
-        self.deliveries: dict[tuple[int, int], bytes] = {}
-        self.redelivered: set[tuple[int, int]] = set()
-        self.latest: dict[bytes, tuple[int, int]] = {}
-        self.publishes: list[bytes] = []
-        self.settled: set[tuple[int, int]] = set()
-        self.settles: list[_Settle] = []
-        self.violations: list[tuple[str, threading.Thread, threading.Thread]] = []
-        self.on_event: Any = None
-        self._channels: dict[int, Any] = {}
-        self._saved: dict[tuple[type, str], Any] = {}
-
-    def _event(self, what: str, detail: Any) -> None:
-        if self.on_event is not None:
-            try:
-                self.on_event(what, detail)
-            except Exception:  # noqa: BLE001 - a listener of the check's never breaks the learner's call
-                pass
-
-    def adopt(self, connection) -> None:
-        """Watch a connection the check created (in the current thread)."""
-        self.owners[id(connection)] = (connection, threading.current_thread())
-
-    # bookkeeping ----------------------------------------------------------------------------------
-    def _owner(self, channel) -> threading.Thread | None:
-        try:
-            entry = self.owners.get(id(channel.connection))
-        except Exception:  # noqa: BLE001 - a channel in a broken state
-            return None
-        return entry[1] if entry else None
-
-    def _check_thread(self, what: str, channel) -> bool:
-        """Record a call from a thread that does not own the connection; True if it was one."""
-        owner, here = self._owner(channel), threading.current_thread()
-        if owner is not None and owner is not here:
-            self.violations.append((what, here, owner))
-            return True
-        return False
-
-    def _delivered(self, channel, method, body) -> None:
-        self._channels[id(channel)] = channel  # keeps the id unique while we hold it
-        key = (id(channel), method.delivery_tag)
-        self.deliveries[key] = body
-        if getattr(method, "redelivered", False):
-            self.redelivered.add(key)
-        self.latest[body] = key
-
-    def _settling(self, channel, tag: int, multiple: bool) -> tuple[list, bool]:
-        key = id(channel)
-        if multiple:
-            keys = [k for k in list(self.deliveries) if k[0] == key and (tag == 0 or k[1] <= tag)
-                    and k not in self.settled]
-        else:
-            keys = [(key, tag)] if (key, tag) in self.deliveries else []
-        self.settled.update(keys)
-        return [self.deliveries[k] for k in keys], bool(keys) or multiple
-
-    # patching ---------------------------------------------------------------------------------------
-    def __enter__(self) -> "_PikaWatch":
-        watch = self
-        for cls, name in [(BlockingConnection, "__init__"), (BlockingConnection, "process_data_events"),
-                          (BlockingChannel, "basic_consume"), (BlockingChannel, "consume"),
-                          (BlockingChannel, "basic_get"), (BlockingChannel, "start_consuming"),
-                          (BlockingChannel, "basic_publish"),
-                          *[(BlockingChannel, n) for n in self.SETTLES]]:
-            self._saved[(cls, name)] = cls.__dict__[name]
-
-        init = self._saved[(BlockingConnection, "__init__")]
-
-        @functools.wraps(init)
-        def __init__(connection, *args, **kwargs):
-            init(connection, *args, **kwargs)
-            watch.owners[id(connection)] = (connection, threading.current_thread())
-
-        events = self._saved[(BlockingConnection, "process_data_events")]
-
-        @functools.wraps(events)
-        def process_data_events(connection, *args, **kwargs):
-            entry = watch.owners.get(id(connection))
-            if entry is not None and entry[1] is not threading.current_thread():
-                watch.violations.append(("process_data_events", threading.current_thread(), entry[1]))
-            return events(connection, *args, **kwargs)
-
-        def settle_wrapper(name):
-            original = self._saved[(BlockingChannel, name)]
-            signature = inspect.signature(original)
-
-            @functools.wraps(original)
-            def settle(channel, *args, **kwargs):
-                if watch._owner(channel) is None:
-                    return original(channel, *args, **kwargs)
-                try:
-                    bound = signature.bind(channel, *args, **kwargs)
-                except TypeError:
-                    return original(channel, *args, **kwargs)  # the learner's TypeError, as pika gives it
-                bound.apply_defaults()
-                a = bound.arguments
-                bodies, known = watch._settling(channel, a["delivery_tag"], a.get("multiple", False))
-                record = _Settle(name, bool(a.get("requeue", False)), threading.current_thread(),
-                                 time.monotonic(), bodies, known)
-                watch.settles.append(record)
-                watch._event("settle", record)
-                if watch._check_thread(name, channel):
-                    channel.connection.add_callback_threadsafe(
-                        functools.partial(original, channel, *args, **kwargs))
-                    return None
-                return original(channel, *args, **kwargs)
-            return settle
-
-        basic_consume = self._saved[(BlockingChannel, "basic_consume")]
-        consume_signature = inspect.signature(basic_consume)
-
-        @functools.wraps(basic_consume)
-        def basic_consume_watched(channel, *args, **kwargs):
-            if watch._owner(channel) is None:
-                return basic_consume(channel, *args, **kwargs)
-            try:
-                bound = consume_signature.bind(channel, *args, **kwargs)
-            except TypeError:
-                return basic_consume(channel, *args, **kwargs)
-            bound.apply_defaults()
-            callback = bound.arguments["on_message_callback"]
-            watch.consumers.append(("basic_consume", bool(bound.arguments["auto_ack"])))
-            watch._event("consume", watch.consumers[-1])
-            watch._check_thread("basic_consume", channel)
-            if callable(callback):
-                def on_message(ch, method, properties, body):
-                    watch._delivered(ch, method, body)
-                    return callback(ch, method, properties, body)
-                bound.arguments["on_message_callback"] = on_message
-            return basic_consume(*bound.args, **bound.kwargs)
-
-        consume = self._saved[(BlockingChannel, "consume")]
-        generator_signature = inspect.signature(consume)
-
-        @functools.wraps(consume)
-        def consume_watched(channel, *args, **kwargs):
-            if watch._owner(channel) is None:
-                return consume(channel, *args, **kwargs)
-            try:
-                bound = generator_signature.bind(channel, *args, **kwargs)
-                bound.apply_defaults()
-                watch.consumers.append(("consume", bool(bound.arguments["auto_ack"])))
-                watch._event("consume", watch.consumers[-1])
-            except TypeError:
-                pass
-            return watch._relay(channel, consume(channel, *args, **kwargs))
-
-        basic_get = self._saved[(BlockingChannel, "basic_get")]
-        get_signature = inspect.signature(basic_get)
-
-        @functools.wraps(basic_get)
-        def basic_get_watched(channel, *args, **kwargs):
-            if watch._owner(channel) is None:
-                return basic_get(channel, *args, **kwargs)
-            try:
-                bound = get_signature.bind(channel, *args, **kwargs)
-                bound.apply_defaults()
-                watch.consumers.append(("basic_get", bool(bound.arguments["auto_ack"])))
-                watch._event("consume", watch.consumers[-1])
-            except TypeError:
-                pass
-            watch._check_thread("basic_get", channel)
-            method, properties, body = basic_get(channel, *args, **kwargs)
-            if method is not None:
-                watch._delivered(channel, method, body)
-            return method, properties, body
-
-        start = self._saved[(BlockingChannel, "start_consuming")]
-
-        @functools.wraps(start)
-        def start_consuming(channel, *args, **kwargs):
-            if watch._owner(channel) is not None:
-                watch.started_consuming = True
-                watch._event("start_consuming", None)
-                watch._check_thread("start_consuming", channel)
-            return start(channel, *args, **kwargs)
-
-        publish = self._saved[(BlockingChannel, "basic_publish")]
-        publish_signature = inspect.signature(publish)
-
-        @functools.wraps(publish)
-        def basic_publish(channel, *args, **kwargs):
-            if watch._owner(channel) is not None:
-                try:
-                    body = publish_signature.bind(channel, *args, **kwargs).arguments.get("body")
-                except TypeError:
-                    body = None
-                watch.publishes.append(body.encode() if isinstance(body, str) else body)
-            return publish(channel, *args, **kwargs)
-
-        BlockingConnection.__init__ = __init__
-        BlockingChannel.basic_publish = basic_publish
-        BlockingConnection.process_data_events = process_data_events
-        BlockingChannel.basic_consume = basic_consume_watched
-        BlockingChannel.consume = consume_watched
-        BlockingChannel.basic_get = basic_get_watched
-        BlockingChannel.start_consuming = start_consuming
-        for name in self.SETTLES:
-            setattr(BlockingChannel, name, settle_wrapper(name))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for (cls, name), original in self._saved.items():
-            setattr(cls, name, original)
-
-    def _relay(self, channel, generator):
-        """channel.consume(...)'s generator, recording what it delivers and who iterates it."""
-        seen: set = set()
-        try:
-            while True:
-                here = threading.current_thread()
-                if here not in seen:
-                    seen.add(here)
-                    self._check_thread("consume", channel)
-                try:
-                    item = next(generator)
-                except StopIteration:
-                    return
-                method, _properties, body = item
-                if method is not None:
-                    self._delivered(channel, method, body)
-                yield item
-        finally:
-            generator.close()
-
-    # what the learner did ---------------------------------------------------------------------------
-    def auto_ack(self) -> bool:
-        return any(auto for _, auto in self.consumers)
-
-    def requeued(self) -> list[_Settle]:
-        return [s for s in self.settles if s.kind != "basic_ack" and s.requeue]
-
-    def outcomes(self) -> dict[bytes, list[str]]:
-        """What happened to each delivered message, in order: 'ack', 'reject', 'requeue'."""
-        result: dict[bytes, list[str]] = {}
-        for s in self.settles:
-            what = "ack" if s.kind == "basic_ack" else ("requeue" if s.requeue else "reject")
-            for body in s.bodies:
-                result.setdefault(body, []).append(what)
-        return result
-
-    def thread_hint(self, name: str) -> str | None:
-        """The pt-BR hint for the first thread violation, or None."""
-        if not self.violations:
-            return None
-        what, here, owner = self.violations[0]
-        where = f"a thread '{here.name}' usou uma conexão criada pela thread '{owner.name}'"
-        if what in self.SETTLES:
-            count = sum(1 for v in self.violations if v[0] in self.SETTLES)
-            return (f"`{name}` chamou {what} de uma thread que não é a da conexão ({where}; {count} "
-                    f"chamada(s) assim). {THREADS_ACK}")
-        ebook = f"{THREADS_EBOOK} " if what == "basic_consume" else ""
-        return f"`{name}` chamou {what} de uma thread que não criou a conexão ({where}). {ebook}{THREADS_CONSUME}"
-
-
-def _call_watched(ctx: CheckContext, watch: _PikaWatch, name: str, *args, **kwargs):
-    """kit.call inside the watch; a thread violation, when there is one, is the real cause of
-    whatever else went wrong (pika fails at random when a connection is shared between threads)."""
-    try:
-        with watch:
-            return kit.call(ctx, name, *args, advice=_amqp_advice, **kwargs)
-    except AssertionError as exc:
-        hint = watch.thread_hint(name)
-        if hint is None:
-            raise
-        raise AssertionError(f"{hint} (A chamada terminou assim: {exc})") from None
 
 
 # --- reading the broker ------------------------------------------------------------------------------
@@ -548,7 +222,7 @@ class PedidosValidos(Exercise):
 
     def run(self, ctx: CheckContext) -> None:
         kit.fresh_queue(ctx, self.dead)
-        watch = _PikaWatch()
+        watch = PikaWatch()
         check = kit.CheckConnection(ctx)
         connection = check.connection
         watch.adopt(connection)
@@ -558,8 +232,8 @@ class PedidosValidos(Exercise):
             closes = kit.record_calls(channel, "close")
             with _LatePublisher(ctx, self.queue, self.batches) as publisher:
                 watch.on_event = lambda what, detail: self._decided(what, detail) and publisher.hurry()
-                result = _call_watched(ctx, watch, "processar_pedidos", channel, self.queue,
-                                       on_timeout=lambda: self._on_timeout(ctx, watch),
+                result = call_watched(ctx, watch, "processar_pedidos", channel, self.queue,
+                                       advice=_amqp_advice, on_timeout=lambda: self._on_timeout(ctx, watch),
                                        timeout=self.call_timeout)
             channel_hint = _handed_channel_hint("processar_pedidos", channel, closes)
             # Still open: a consumer left registered shows in a passive declare, exactly.
@@ -649,7 +323,7 @@ class PedidosValidos(Exercise):
                 return True
         return False
 
-    def _on_timeout(self, ctx: CheckContext, watch: _PikaWatch) -> str:
+    def _on_timeout(self, ctx: CheckContext, watch: PikaWatch) -> str:
         requeued = watch.requeued()
         redelivered = kit.stats(ctx.queue(self.queue)).get("redeliver", 0)
         if requeued or redelivered:
@@ -728,7 +402,7 @@ class _Recorder:
                 self.finished.append(time.monotonic())  # before returning: an ack after it is later
 
 
-def _settled_early(settles: list[_Settle], finished: list[float]) -> int:
+def _settled_early(settles: list[Settle], finished: list[float]) -> int:
     """How far the settlements ran ahead of the processar calls that had ended: at every ack (or
     nack/reject), at most as many settlements as ended calls, if each follows its own call."""
     events = sorted([(t, 0) for t in finished] + [(s.at, 1) for s in settles])
@@ -762,11 +436,11 @@ class EmParalelo(Exercise):
     def run(self, ctx: CheckContext) -> None:
         kit.fresh_queue(ctx, self.queue, self.bodies)
         recorder = _Recorder(self.work_seconds)
-        watch = _PikaWatch()
+        watch = PikaWatch()
         threads_before = set(threading.enumerate())
         connections_before = kit.open_connections()
         try:
-            _call_watched(ctx, watch, "consumir_em_paralelo", self.queue, self.k, recorder)
+            call_watched(ctx, watch, "consumir_em_paralelo", self.queue, self.k, recorder, advice=_amqp_advice)
         finally:
             left = self._stray_threads(threads_before)
         names = ", ".join(t.name for t in left[:4])
@@ -889,7 +563,7 @@ class _Cobrador:
     and the time each call returned is kept, so that the check can tell a delivery settled without
     a try, a delivery tried twice, and a settlement made before cobrar returned."""
 
-    def __init__(self, always_fail: set[str], fail_once: set[str], watch: _PikaWatch):
+    def __init__(self, always_fail: set[str], fail_once: set[str], watch: PikaWatch):
         self.always_fail, self.fail_once, self.watch = always_fail, fail_once, watch
         self.attempts: Counter = Counter()
         self.tries: Counter = Counter()      # calls per delivery (channel id, delivery tag)
@@ -953,7 +627,7 @@ class SegundaChance(Exercise):
 
     def run(self, ctx: CheckContext) -> None:
         kit.fresh_queue(ctx, self.dead)
-        watch = _PikaWatch()
+        watch = PikaWatch()
         cobrar = _Cobrador(self.always_fail, self.fail_once, watch)
         check = kit.CheckConnection(ctx)
         connection = check.connection
@@ -968,8 +642,8 @@ class SegundaChance(Exercise):
             ctx.eventually(lambda: channel.queue_declare(queue=self.queue, passive=True).method.message_count,
                            lambda ready: ready >= len(self.bodies), timeout=2.0)
             closes = kit.record_calls(channel, "close")
-            result = _call_watched(ctx, watch, "processar_pagamentos", channel, self.queue, cobrar,
-                                   on_timeout=lambda: self._on_timeout(ctx, cobrar),
+            result = call_watched(ctx, watch, "processar_pagamentos", channel, self.queue, cobrar,
+                                   advice=_amqp_advice, on_timeout=lambda: self._on_timeout(ctx, cobrar),
                                    timeout=self.call_timeout)
             channel_hint = _handed_channel_hint("processar_pagamentos", channel, closes)
             # Still open: a consumer left registered shows in a passive declare, exactly.
