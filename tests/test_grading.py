@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from course_utils.grading.gradebroker import GradingBroker
-from course_utils.grading.grade import GradeOptions, grade
+from course_utils.grading.grade import GradeOptions, GradingRefused, grade
 
 from fixtures import submissions as fixture
 
@@ -117,6 +118,44 @@ def test_grading_broker_is_locked_down(course_broker):
         broker.drop(space)
         assert space.user not in {u["name"] for u in broker.admin.users()}
         assert space.vhost not in {v["name"] for v in broker.admin.vhosts()}
+
+
+@pytest.fixture
+def host_port():
+    """A TCP port listening on the grading machine's own loopback, outside any namespace."""
+    server = socket.create_server(("127.0.0.1", 0))
+    yield server.getsockname()[1]
+    server.close()
+
+
+def _grade_probe(tmp_path, broker, port, **extra) -> dict:
+    subs, out = tmp_path / "entregas", tmp_path / "resultados"
+    fixture.write_confinement_probe(subs / "sonda", port)
+    grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", only=("02",),
+                       progress=False, **extra), broker)
+    return rows_by(out)
+
+
+def test_graded_kernel_reaches_only_its_grading_broker(tmp_path, grading_broker, host_port):
+    """Confined, a graded answer cell can neither log in as guest to the course brokers (running
+    now) nor open a TCP connection to any other local port, and it still reaches its own broker."""
+    if not grading_broker.confined:
+        pytest.skip(f"sem isolamento aqui: {grading_broker.unconfined_reason}")
+    rows = _grade_probe(tmp_path, grading_broker, host_port)
+    assert rows[("sonda", "2.1")]["status"] == "passed", rows[("sonda", "2.1")]
+
+
+def test_unconfined_grading_refuses_next_to_a_guest_broker(tmp_path, course_broker, host_port):
+    """The same probe, graded without the namespace: it reaches the course broker (so the test above
+    can fail), and without the explicit flag the grader refuses to start."""
+    broker = GradingBroker(confine=False).start()
+    try:
+        with pytest.raises(GradingRefused, match="guest.*--aceitar-broker-guest"):
+            _grade_probe(tmp_path / "recusa", broker, host_port)
+        rows = _grade_probe(tmp_path / "aceito", broker, host_port, allow_guest_broker=True)
+        assert rows[("sonda", "2.1")]["status"] == "failed", rows[("sonda", "2.1")]
+    finally:
+        broker.stop()
 
 
 def test_rerun_skips_and_force_regrades(tmp_path, grading_broker):

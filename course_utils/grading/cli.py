@@ -7,7 +7,7 @@ from pathlib import Path
 
 def _run(args: argparse.Namespace) -> int:
     from ..exercises.cli import project_root
-    from .grade import GradeOptions, grade
+    from .grade import GradeOptions, GradingRefused, grade
 
     exercises = Path(args.exercises) if args.exercises else project_root() / "exercises"
     submissions = Path(args.submissions)
@@ -16,8 +16,11 @@ def _run(args: argparse.Namespace) -> int:
     options = GradeOptions(submissions=submissions, out=Path(args.out), exercises_dir=exercises,
                            workers=args.workers, timeout=args.timeout, cell_timeout=args.cell_timeout,
                            only=tuple(args.only or ()), force=args.force,
-                           progress=not args.no_progress)
-    summary = grade(options)
+                           progress=not args.no_progress, allow_guest_broker=args.aceitar_broker_guest)
+    try:
+        summary = grade(options)
+    except GradingRefused as exc:
+        raise SystemExit(f"erro: {exc}") from None
     print(summary.table())
     print(f"\nresultados em {options.out}: grades.csv, results.jsonl, feedback/, summary.png")
     return 0
@@ -34,4 +37,7 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="corrige de novo o que já foi corrigido")
     p.add_argument("--exercises", help="pasta dos cadernos de exercícios canônicos (padrão: exercises/)")
     p.add_argument("--no-progress", action="store_true", help="sem barra de progresso")
+    p.add_argument("--aceitar-broker-guest", action="store_true",
+                   help="corrige mesmo sem isolamento de rede e com um broker que aceita guest em localhost "
+                        "(um caderno corrigido poderia entrar nele)")
     p.set_defaults(func=_run)

@@ -19,6 +19,7 @@ import nbformat
 from ..exercises import metadata as fmt
 from ..nbrun import NotebookRun, clean, run_notebook
 from . import report
+from .confine import guest_brokers, refusal
 from .gradebroker import GradingBroker, StudentSpace
 from .plugin import parse_verdicts
 from .rebuild import InvalidSubmission, Rebuilt, read_submission, rebuild
@@ -41,6 +42,13 @@ class GradeOptions:
     max_output_bytes: int = 200_000
     memory_limit: int = 4 * 2**30
     progress: bool = True
+    # Grade even though kernels are not confined and a broker that accepts guest answers on
+    # localhost (the instructor accepts that a kernel could log in to it).
+    allow_guest_broker: bool = False
+
+
+class GradingRefused(Exception):
+    """Grading would be unsafe here; the message (pt-BR) says why and how to proceed."""
 
 
 @dataclass
@@ -187,11 +195,12 @@ def grade_notebook(job: Job, broker: GradingBroker, options: GradeOptions) -> li
         verdicts = job_dir / "verdicts.txt"
         home = job_dir / "home"
         home.mkdir()
-        run = run_notebook(nb_path, env=kernel_env(space, home), cell_timeout=options.cell_timeout,
-                           timeout=options.timeout, plugins=("course_utils.grading.plugin",),
-                           extra_args=("--curso-verdicts", str(verdicts), "--curso-key-file", str(key_file),
-                                       "--curso-memory-limit", str(options.memory_limit)),
-                           work_dir=job_dir)
+        with broker.inside():  # the kernel and its nbval process see only the grading node
+            run = run_notebook(nb_path, env=kernel_env(space, home), cell_timeout=options.cell_timeout,
+                               timeout=options.timeout, plugins=("course_utils.grading.plugin",),
+                               extra_args=("--curso-verdicts", str(verdicts), "--curso-key-file", str(key_file),
+                                           "--curso-memory-limit", str(options.memory_limit)),
+                               work_dir=job_dir)
         signed, forged = parse_verdicts(verdicts.read_text(encoding="utf-8") if verdicts.exists() else "", key)
         return score(job, rebuilt, run, {v["code_index"]: v for v in signed}, forged, options)
     finally:
@@ -284,6 +293,13 @@ def grade(options: GradeOptions, broker: GradingBroker | None = None) -> report.
     own_broker = broker is None and needs_broker
     if own_broker:
         broker = GradingBroker().start()
+    if needs_broker and not broker.confined and not options.allow_guest_broker:
+        found = guest_brokers()
+        if found:
+            if own_broker:
+                broker.stop()
+            bar.close()
+            raise GradingRefused(refusal(found, broker.unconfined_reason or "os cadernos não estão isolados"))
     try:
         with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
             futures = {pool.submit(_safe_grade, job, broker, options): job for job in jobs}

@@ -2,10 +2,13 @@
 
 No `guest` user; one administrator whose random password stays in the grader's memory (it is
 scrubbed from the node's config file once the node has created the user); per submission, a vhost
-and a user whose permissions cover only that vhost.
+and a user whose permissions cover only that vhost. Where it can (Linux, root), the node lives in a
+private network namespace (`confine.NetNamespace`) with the kernels graded on it: `inside()` runs a
+block there, and `admin` makes every management call there.
 """
 from __future__ import annotations
 
+import contextlib
 import secrets
 import shutil
 import tempfile
@@ -16,6 +19,7 @@ from urllib.parse import quote
 
 from ..management import Management
 from ..native import NativeNode, Ports, free_offset
+from .confine import InNamespace, NetNamespace, unavailable_reason
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,13 @@ class StudentSpace:
 class GradingBroker:
     """Start with `with GradingBroker() as broker:`; `broker.space(label)` makes a student space."""
 
-    def __init__(self, base_dir: Path | None = None, host: str = "127.0.0.1"):
+    def __init__(self, base_dir: Path | None = None, host: str = "127.0.0.1", confine: bool | None = None):
+        """`confine`: run the node (and, through `inside()`, the kernels) in a private network
+        namespace; None (the default) does so wherever it can (`confine.unavailable_reason()`)."""
+        self.unconfined_reason = unavailable_reason() if confine is not False else "isolamento desligado"
+        if confine and self.unconfined_reason:
+            raise OSError(self.unconfined_reason)
+        self.namespace: NetNamespace | None = None
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="curso-grade-broker-"))
         self.base_dir.chmod(0o700)
@@ -40,26 +50,51 @@ class GradingBroker:
                                ports=Ports.offset(free_offset()),
                                default_user=("grader-admin", self._admin_password),
                                extra_config=("loopback_users = none",), die_with_parent=True)
-        self.admin: Management | None = None
+        self.admin: Management | InNamespace | None = None
         self._lock = threading.Lock()
 
     # life cycle -------------------------------------------------------------------------
+    @property
+    def confined(self) -> bool:
+        return self.namespace is not None
+
+    def inside(self):
+        """A block run with the current thread in the node's network namespace (or as is, unconfined)."""
+        return self.namespace.inside() if self.namespace is not None else contextlib.nullcontext()
+
     def start(self, timeout: float = 90.0) -> "GradingBroker":
-        self.node.start(timeout)
+        if self.unconfined_reason is None:
+            self.namespace = NetNamespace().open()
+        try:
+            with self.inside():
+                self.node.start(timeout)
+        except BaseException:
+            self._close_namespace()
+            raise
         conf = self.node.base_dir / "rabbitmq.conf"
         # The user exists now; the password need not stay on disk.
         conf.write_text("".join(line for line in conf.read_text().splitlines(keepends=True)
                                 if not line.startswith("default_pass")))
-        self.admin = Management(self.management_url, "grader-admin", self._admin_password, "/")
+        admin = Management(self.management_url, "grader-admin", self._admin_password, "/")
+        self.admin = InNamespace(admin, self.namespace) if self.namespace is not None else admin
         self.admin.overview()
         users = {u["name"] for u in self.admin.users()}
         assert "guest" not in users, "the grading broker must have no guest user"
         return self
 
     def stop(self) -> None:
-        self.node.stop()
+        try:
+            with self.inside():
+                self.node.stop()
+        finally:
+            self._close_namespace()
         if self._own_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def _close_namespace(self) -> None:
+        namespace, self.namespace = self.namespace, None
+        if namespace is not None:
+            namespace.close()
 
     def __enter__(self) -> "GradingBroker":
         return self.start()
