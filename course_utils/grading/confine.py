@@ -28,9 +28,11 @@ from typing import Iterator
 CLONE_NEWNET = 0x40000000
 
 # Run by the holder inside the new namespace: bring the loopback up (a new namespace starts with it
-# down), say so, then wait until the grader closes stdin (or dies: parent-death signal).
+# down); start the namespace's Erlang port mapper as its own child (an Erlang node would otherwise
+# start one as a daemon that outlives a grader killed with SIGKILL), so that it dies with the holder;
+# say so, then wait until the grader closes stdin (or dies: parent-death signal).
 _HOLDER = r"""
-import ctypes, fcntl, socket, struct, sys
+import ctypes, fcntl, socket, struct, subprocess, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
@@ -38,8 +40,21 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 req = struct.pack("16sH14s", b"lo", 0, b"")
 flags = struct.unpack("16sH14s", fcntl.ioctl(s, SIOCGIFFLAGS, req))[1]
 fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14s", b"lo", flags | IFF_UP, b""))
+epmd = None
+if len(sys.argv) > 1:
+    epmd = subprocess.Popen([sys.argv[1], "-address", "127.0.0.1"], preexec_fn=lambda: libc.prctl(1, 9),
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):  # until it listens on 4369
+        try:
+            socket.create_connection(("127.0.0.1", 4369), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
 print("ready", flush=True)
 sys.stdin.read()
+if epmd is not None:
+    epmd.kill()
+    epmd.wait()
 """
 
 
@@ -67,7 +82,9 @@ class NetNamespace:
         reason = unavailable_reason()
         if reason:
             raise OSError(reason)
-        self._holder = subprocess.Popen(["unshare", "--net", "--", sys.executable, "-c", _HOLDER],
+        epmd = shutil.which("epmd")
+        self._holder = subprocess.Popen(["unshare", "--net", "--", sys.executable, "-c", _HOLDER,
+                                         *([epmd] if epmd else [])],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         text=True)
         line = self._holder.stdout.readline()  # the holder answers at once, or exits with an error
@@ -124,8 +141,9 @@ class NetNamespace:
     def close(self) -> None:
         """Kill whatever still lives in the namespace (an Erlang port mapper daemon outlives its node,
         a kernel may have left a process behind), then the holder; the namespace goes with them."""
+        holder = self._holder.pid if self._holder is not None else None
         for pid in self.processes():
-            if self._holder is not None and pid != self._holder.pid:
+            if pid != holder and _parent_of(pid) != holder:  # the holder stops its own port mapper
                 with contextlib.suppress(OSError):
                     os.kill(pid, 9)
         if self._fd is not None:
@@ -134,13 +152,23 @@ class NetNamespace:
         holder, self._holder = self._holder, None
         if holder is not None:
             with contextlib.suppress(Exception):
-                holder.stdin.close()
-            with contextlib.suppress(Exception):
+                holder.stdin.close()  # the holder stops its port mapper, reaps it and exits
+            try:
+                holder.wait(timeout=5)
+            except subprocess.TimeoutExpired:
                 holder.kill()
-            holder.wait(timeout=10)
+                holder.wait(timeout=10)
             for stream in (holder.stdout, holder.stderr):
                 with contextlib.suppress(Exception):
                     stream.close()
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class InNamespace:
