@@ -97,6 +97,14 @@ def _outputs_are_written(class_run):
         assert text.startswith(f"# Correção — {student}")
     assert "Exercício 2.2" in (out / "feedback" / "trapaca_verificar.md").read_text(encoding="utf-8")
     assert "perfeito" in summary.table()
+    lms = list(csv.DictReader((out / "lms.csv").open(encoding="utf-8")))
+    assert {r["student_id"] for r in lms} == set(expected)
+    assert next(r for r in lms if r["student_id"] == "perfeito")["total"] == "5"
+    for student in expected:
+        results = json.loads((out / "gradescope" / student / "results.json").read_text(encoding="utf-8"))
+        assert sorted(t["number"] for t in results["tests"]) == ["2.1", "2.2", "2.3"]
+    perfect = json.loads((out / "gradescope" / "perfeito" / "results.json").read_text(encoding="utf-8"))
+    assert perfect["score"] == 5.0 and all(t["status"] == "passed" for t in perfect["tests"])
 
 
 def test_one_class_run(class_run):

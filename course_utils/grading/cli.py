@@ -22,7 +22,7 @@ def _run(args: argparse.Namespace) -> int:
     except GradingRefused as exc:
         raise SystemExit(f"erro: {exc}") from None
     print(summary.table())
-    print(f"\nresultados em {options.out}: grades.csv, results.jsonl, feedback/, summary.png")
+    print(f"\nresultados em {options.out}: grades.csv, results.jsonl, feedback/, summary.png, lms.csv, gradescope/")
     return 0
 
 

@@ -1,6 +1,9 @@
-"""The grade book: grades.csv, feedback/<student>.md (pt-BR), summary.png and the terminal table."""
+"""The grade book: grades.csv, feedback/<student>.md (pt-BR), summary.png and the terminal table;
+exports for platforms: gradescope/<student>/results.json (Gradescope's autograder results) and
+lms.csv (student id, total, one column per exercise: the shape LMS gradebooks import)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +56,44 @@ def write_all(out: Path, rows: list[dict], canonicals, students: list[str]) -> S
         path.write_text(feedback(student, frame[frame["student"] == student], canonicals), encoding="utf-8")
         files.append(path)
     files.append(plot_summary(grades, pass_rate, out / "summary.png"))
+    files.append(write_lms_csv(grades, exercises, out / "lms.csv"))
+    for student in students:
+        files.append(write_gradescope(frame[frame["student"] == student], canonicals,
+                                      out / "gradescope" / student / "results.json"))
     return Summary(grades, pass_rate, files=files)
+
+
+def write_lms_csv(grades: pd.DataFrame, exercises: list[str], path: Path) -> Path:
+    """student_id,total,<exercise>...: one row per student, numbers with a dot, as Moodle's and
+    Canvas's gradebook imports read them (the column names map to grade items on import)."""
+    frame = grades[["student", "total", *exercises]].rename(columns={"student": "student_id"})
+    frame.to_csv(path, index=False, float_format="%g")
+    return path
+
+
+def gradescope_results(rows: pd.DataFrame, canonicals) -> dict:
+    """One submission's results in Gradescope's autograder format (`results.json`): a test per
+    exercise, with its points, status and the pt-BR reason as its output."""
+    tests = []
+    for canonical in canonicals:
+        for ex, pts in canonical.exercises.items():
+            row = rows[rows["exercise"] == ex]
+            if row.empty:
+                status, got, reason = "missing", 0.0, "caderno não entregue"
+            else:
+                status, got, reason = row.iloc[0]["status"], float(row.iloc[0]["points"]), row.iloc[0]["reason"]
+            output = STATUS_PT.get(status, status) + (f": {reason}" if reason and status != "passed" else "")
+            tests.append({"name": f"Exercício {ex} ({canonical.name})", "number": ex, "score": got,
+                          "max_score": float(pts), "status": "passed" if status == "passed" else "failed",
+                          "output": output, "visibility": "visible"})
+    return {"score": sum(t["score"] for t in tests), "output_format": "text", "visibility": "visible",
+            "tests": tests}
+
+
+def write_gradescope(rows: pd.DataFrame, canonicals, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(gradescope_results(rows, canonicals), ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
 
 
 def feedback(student: str, rows: pd.DataFrame, canonicals) -> str:
