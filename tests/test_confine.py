@@ -1,7 +1,6 @@
 """course_utils.grading.confine: the private network namespace graded kernels live in."""
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys

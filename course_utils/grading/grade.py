@@ -293,6 +293,8 @@ def grade(options: GradeOptions, broker: GradingBroker | None = None) -> report.
     own_broker = broker is None and needs_broker
     if own_broker:
         broker = GradingBroker().start()
+    if needs_broker and not broker.confined and options.progress:
+        print(f"aviso: os cadernos rodam sem isolamento de rede ({broker.unconfined_reason}).", file=sys.stderr)
     if needs_broker and not broker.confined and not options.allow_guest_broker:
         found = guest_brokers()
         if found:
