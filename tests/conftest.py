@@ -10,7 +10,10 @@ os.environ.setdefault("CURSO_NO_DOCKER", "1")  # tests use the native node even 
 # Each pytest-xdist worker (and a plain run) gets vhosts of its own, notebooks run under the tests
 # included (they inherit the environment): `curso-cap02-tgw0`, never the learner's `curso-cap02`.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
-os.environ["CURSO_VHOST_SUFFIX"] = f"-t{WORKER}"
+# After a suffix given from outside (kept once, for the workers too), so that two suites run side by
+# side never share a vhost either.
+SUITE_SUFFIX = os.environ.setdefault("CURSO_SUITE_SUFFIX", os.environ.get("CURSO_VHOST_SUFFIX", ""))
+os.environ["CURSO_VHOST_SUFFIX"] = f"{SUITE_SUFFIX}-t{WORKER}"
 
 from course_utils import broker as broker_mod  # noqa: E402
 from course_utils import strict  # noqa: E402
