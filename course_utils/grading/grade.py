@@ -23,10 +23,11 @@ from .confine import guest_brokers, refusal
 from .gradebroker import GradingBroker, StudentSpace
 from .plugin import parse_verdicts
 from .rebuild import InvalidSubmission, Rebuilt, read_submission, rebuild
+from .status import Status
 from .submissions import StudentWork, discover
 
 GRADER_VERSION = "1"
-STATUSES = ("passed", "failed", "error", "timeout", "missing", "invalid")
+STATUSES = tuple(Status)
 
 
 @dataclass
@@ -153,7 +154,7 @@ def plan(students: list[StudentWork], canonicals: list[Canonical]) -> list[Job]:
 
 
 # ---------------------------------------------------------------------------------------------
-def _all(job: Job, status: str, reason: str) -> list[ExerciseResult]:
+def _all(job: Job, status: Status, reason: str) -> list[ExerciseResult]:
     return [ExerciseResult(job.student, job.canonical.name, ex, 0.0, pts, status, reason, job.digest)
             for ex, pts in job.canonical.exercises.items()]
 
@@ -172,16 +173,34 @@ def kernel_env(space: StudentSpace, home: Path) -> dict[str, str]:
     return env
 
 
-def grade_notebook(job: Job, broker: GradingBroker, options: GradeOptions) -> list[ExerciseResult]:
+BLANK = "resposta em branco: a célula de resposta ainda não foi preenchida"
+
+
+def triage(job: Job, options: GradeOptions) -> Rebuilt | list[ExerciseResult]:
+    """The first step, before any kernel: the results of a notebook whose outcome is already known
+    (not submitted, unreadable, of another chapter, nothing answered), or the notebook rebuilt from
+    the canonical one (`rebuild`: the student's answers, the canonical checks) to execute."""
     if job.problem:
-        return _all(job, "invalid", job.problem)
+        return _all(job, Status.INVALID, job.problem)
     if job.content is None:
-        return _all(job, "missing", "caderno não entregue")
+        return _all(job, Status.MISSING, "caderno não entregue")
     try:
         rebuilt = rebuild(job.canonical.notebook, read_submission(job.content), options.max_output_bytes)
     except InvalidSubmission as exc:
-        return _all(job, "invalid", str(exc))
+        return _all(job, Status.INVALID, str(exc))
+    if not any(rebuilt.answered.values()):
+        return _all(job, Status.MISSING, BLANK)
+    return rebuilt
 
+
+def grade_notebook(job: Job, broker: GradingBroker, options: GradeOptions) -> list[ExerciseResult]:
+    """triage, then execute what triage could not decide."""
+    decided = triage(job, options)
+    return decided if isinstance(decided, list) else execute(job, decided, broker, options)
+
+
+def execute(job: Job, rebuilt: Rebuilt, broker: GradingBroker, options: GradeOptions) -> list[ExerciseResult]:
+    """Run the rebuilt notebook in an isolated space of the grading broker and score it."""
     label = f"{job.student[:24]}-{job.canonical.name[:2]}"
     space = broker.space(label)
     job_dir = Path(tempfile.mkdtemp(prefix="curso-grade-job-"))
@@ -215,31 +234,31 @@ def _first_lines(text: str, limit: int = 600) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
 
 
-def judge_cell(code_index: int, run: NotebookRun, verdict: dict | None, options: GradeOptions) -> tuple[str, str]:
+def judge_cell(code_index: int, run: NotebookRun, verdict: dict | None, options: GradeOptions) -> tuple[Status, str]:
     """(status, reason) of one check cell from nbval's outcome and the grader-side verdict."""
     outcome = run.cells.get(code_index)
     if outcome is None:
         if run.timed_out:
-            return "timeout", f"o caderno passou do tempo total de {options.timeout:.0f} s antes desta verificação"
-        return "error", "a verificação não chegou a rodar: " + _first_lines(run.output[-800:], 400)
+            return Status.TIMEOUT, f"o caderno passou do tempo total de {options.timeout:.0f} s antes desta verificação"
+        return Status.ERROR, "a verificação não chegou a rodar: " + _first_lines(run.output[-800:], 400)
     if not outcome.ok:
         ename, evalue = outcome.error
         if "Timeout of" in outcome.message:
-            return "timeout", f"a célula passou de {options.cell_timeout:.0f} s"
+            return Status.TIMEOUT, f"a célula passou de {options.cell_timeout:.0f} s"
         if "Kernel dead" in outcome.message or "DeadKernelError" in outcome.message:
-            return "error", "o kernel morreu antes desta verificação (os._exit, falta de memória ou travamento)"
+            return Status.ERROR, "o kernel morreu antes desta verificação (os._exit, falta de memória ou travamento)"
         if ename == "AssertionError":
-            return "failed", evalue
-        return "error", f"{ename}: {evalue}" if ename else _first_lines(outcome.message)
+            return Status.FAILED, evalue
+        return Status.ERROR, f"{ename}: {evalue}" if ename else _first_lines(outcome.message)
     if verdict is None:
-        return "error", "o corretor não recebeu o resultado conferido no broker para esta verificação"
+        return Status.ERROR, "o corretor não recebeu o resultado conferido no broker para esta verificação"
     if verdict.get("reply_status") == "error":
-        return "failed", f"a verificação falhou ({verdict.get('reply_error', '').strip()}), mas a mensagem de erro foi escondida"
+        return Status.FAILED, f"a verificação falhou ({verdict.get('reply_error', '').strip()}), mas a mensagem de erro foi escondida"
     if verdict.get("broker") == "failed":
-        return "failed", f"{verdict.get('broker_hint')} (conferido pelo corretor, direto no broker)"
+        return Status.FAILED, f"{verdict.get('broker_hint')} (conferido pelo corretor, direto no broker)"
     if verdict.get("broker") == "error" or verdict.get("snapshot_error"):
-        return "error", f"o corretor não conseguiu conferir o broker: {verdict.get('broker_hint') or verdict.get('snapshot_error')}"
-    return "passed", ""
+        return Status.ERROR, f"o corretor não conseguiu conferir o broker: {verdict.get('broker_hint') or verdict.get('snapshot_error')}"
+    return Status.PASSED, ""
 
 
 def score(job: Job, rebuilt: Rebuilt, run: NotebookRun, verdicts: dict[int, dict], forged: int,
@@ -248,23 +267,22 @@ def score(job: Job, rebuilt: Rebuilt, run: NotebookRun, verdicts: dict[int, dict
                        if i in run.cells and "Timeout of" in run.cells[i].message
                        and "DeadKernelError" not in run.cells[i].message}
     results = []
-    rank = {s: i for i, s in enumerate(("passed", "failed", "error", "timeout", "missing", "invalid"))}
     for exercise, max_points in job.canonical.exercises.items():
         cells = [(i, pts) for i, (ex, pts) in rebuilt.check_cells.items() if ex == exercise]
-        points, status, reasons = 0.0, "passed", []
+        points, status, reasons = 0.0, Status.PASSED, []
         for code_index, pts in cells:
             cell_status, reason = judge_cell(code_index, run, verdicts.get(code_index), options)
-            if cell_status == "passed":
+            if cell_status is Status.PASSED:
                 points += pts
             else:
                 reasons.append(reason)
-                if rank[cell_status] > rank[status] or status == "passed":
+                if cell_status.severity > status.severity:
                     status = cell_status
-        if status != "passed":
+        if status is not Status.PASSED:
             if not rebuilt.answered.get(exercise):
-                status, reasons = "missing", ["resposta em branco: a célula de resposta ainda não foi preenchida"]
+                status, reasons = Status.MISSING, [BLANK]
             elif exercise in answer_timeouts:
-                status = "timeout"
+                status = Status.TIMEOUT
                 reasons.insert(0, f"a célula de resposta passou de {options.cell_timeout:.0f} s")
         extra = {"forged_verdicts": forged} if forged else {}
         results.append(ExerciseResult(job.student, job.canonical.name, exercise, points, max_points,
@@ -289,7 +307,16 @@ def grade(options: GradeOptions, broker: GradingBroker | None = None) -> report.
     bar = tqdm(total=len(jobs), desc="corrigindo", unit="caderno", file=sys.stderr,
                disable=not options.progress or not jobs)
     started = time.monotonic()
-    needs_broker = any(j.content is not None and not j.problem for j in jobs)
+    # Decided before any kernel starts: every notebook whose outcome is already known.
+    to_run = []
+    for job in jobs:
+        decided = _safe(lambda: triage(job, options), job)
+        if isinstance(decided, list):
+            store.add(decided)
+            bar.update(1)
+        else:
+            to_run.append((job, decided))
+    needs_broker = bool(to_run)
     own_broker = broker is None and needs_broker
     if own_broker:
         broker = GradingBroker().start()
@@ -304,7 +331,8 @@ def grade(options: GradeOptions, broker: GradingBroker | None = None) -> report.
             raise GradingRefused(refusal(found, broker.unconfined_reason or "os cadernos não estão isolados"))
     try:
         with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
-            futures = {pool.submit(_safe_grade, job, broker, options): job for job in jobs}
+            futures = {pool.submit(_safe, lambda job=job, rebuilt=rebuilt: execute(job, rebuilt, broker, options), job): job
+                       for job, rebuilt in to_run}
             for future in as_completed(futures):
                 store.add(future.result())
                 bar.update(1)
@@ -317,9 +345,10 @@ def grade(options: GradeOptions, broker: GradingBroker | None = None) -> report.
     return summary
 
 
-def _safe_grade(job: Job, broker: GradingBroker | None, options: GradeOptions) -> list[ExerciseResult]:
-    """Never let one notebook crash the run: an unexpected grader error becomes status 'error'."""
+def _safe(step, job: Job):
+    """Run one pipeline step of a job; an unexpected grader error becomes status 'error' for that
+    notebook instead of crashing the run."""
     try:
-        return grade_notebook(job, broker, options)
+        return step()
     except Exception as exc:  # noqa: BLE001 - recorded, not raised
-        return _all(job, "error", f"erro do corretor ao processar este caderno: {exc.__class__.__name__}: {exc}")
+        return _all(job, Status.ERROR, f"erro do corretor ao processar este caderno: {exc.__class__.__name__}: {exc}")

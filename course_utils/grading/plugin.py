@@ -3,7 +3,9 @@
 It runs in the pytest process, outside the learner's kernel, and for every check cell:
 
 - takes the exercise's `snapshot` before the cell runs and runs its `verify` after it, with the
-  student's own credentials (from RABBITMQ_URL): whatever the kernel monkeypatched, these run here;
+  student's own credentials (from RABBITMQ_URL): whatever the kernel monkeypatched, these run here
+  (when the kernel's own check already failed, the exercise fails whatever the broker says, so
+  `verify` is skipped: a failing answer costs no statistics wait);
 - records the kernel's execute_reply status, so an error whose traceback display the student
   suppressed still counts as an error;
 - appends one verdict line per check to the file named by `--curso-verdicts`, signed with an HMAC
@@ -144,7 +146,10 @@ def pytest_runtest_call(item):
     verdict["reply_status"] = reply.get("status")
     verdict["reply_error"] = f"{reply.get('ename', '')}: {reply.get('evalue', '')}" if reply.get("status") == "error" else ""
     verdict["nbval_passed"] = outcome.excinfo is None
-    if check is not None and "snapshot_error" not in verdict:
+    if not verdict["nbval_passed"] or verdict["reply_status"] == "error":
+        verdict["broker"] = "skipped"  # the kernel's own check failed: the exercise fails whatever the broker says
+    elif check is not None and "snapshot_error" not in verdict:
+        started = time.monotonic()
         try:
             check.verify(_ctx())
             verdict["broker"] = "passed"
@@ -152,4 +157,5 @@ def pytest_runtest_call(item):
             verdict.update(broker="failed", broker_hint=str(exc))
         except Exception as exc:
             verdict.update(broker="error", broker_hint=f"{exc.__class__.__name__}: {exc}")
+        verdict["verify_seconds"] = round(time.monotonic() - started, 3)
     _emit(verdict)

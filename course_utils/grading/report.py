@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-STATUS_PT = {"passed": "certo", "failed": "não passou", "error": "erro", "timeout": "tempo esgotado",
-             "missing": "não entregue", "invalid": "inválido"}
+from .status import Status
 
 
 @dataclass
@@ -45,7 +44,7 @@ def write_all(out: Path, rows: list[dict], canonicals, students: list[str]) -> S
     grades["max"] = float(sum(max_points.values()))
     grades.to_csv(out / "grades.csv", index=False)
 
-    passed = frame.assign(ok=frame["status"] == "passed").groupby("exercise")["ok"].mean()
+    passed = frame.assign(ok=frame["status"] == Status.PASSED).groupby("exercise")["ok"].mean()
     pass_rate = passed.reindex(exercises).fillna(0.0)
 
     feedback_dir = out / "feedback"
@@ -79,12 +78,13 @@ def gradescope_results(rows: pd.DataFrame, canonicals) -> dict:
         for ex, pts in canonical.exercises.items():
             row = rows[rows["exercise"] == ex]
             if row.empty:
-                status, got, reason = "missing", 0.0, "caderno não entregue"
+                status, got, reason = Status.MISSING, 0.0, "caderno não entregue"
             else:
                 status, got, reason = row.iloc[0]["status"], float(row.iloc[0]["points"]), row.iloc[0]["reason"]
-            output = STATUS_PT.get(status, status) + (f": {reason}" if reason and status != "passed" else "")
+            status = Status(status)
+            output = status.pt + (f": {reason}" if reason and status is not Status.PASSED else "")
             tests.append({"name": f"Exercício {ex} ({canonical.name})", "number": ex, "score": got,
-                          "max_score": float(pts), "status": "passed" if status == "passed" else "failed",
+                          "max_score": float(pts), "status": "passed" if status is Status.PASSED else "failed",
                           "output": output, "visibility": "visible"})
     return {"score": sum(t["score"] for t in tests), "output_format": "text", "visibility": "visible",
             "tests": tests}
@@ -106,11 +106,11 @@ def feedback(student: str, rows: pd.DataFrame, canonicals) -> str:
         for ex, pts in canonical.exercises.items():
             row = rows[rows["exercise"] == ex]
             if row.empty:
-                status, got, reason = "missing", 0.0, "caderno não entregue"
+                status, got, reason = Status.MISSING, 0.0, "caderno não entregue"
             else:
-                status, got, reason = row.iloc[0]["status"], row.iloc[0]["points"], row.iloc[0]["reason"]
-            lines.append(f"| {ex} | {got:g} / {pts:g} | {STATUS_PT.get(status, status)} |")
-            if status != "passed" and reason:
+                status, got, reason = Status(row.iloc[0]["status"]), row.iloc[0]["points"], row.iloc[0]["reason"]
+            lines.append(f"| {ex} | {got:g} / {pts:g} | {status.pt} |")
+            if status is not Status.PASSED and reason:
                 details += [f"### Exercício {ex}", "", "> " + str(reason).replace("\n", "\n> "), ""]
         lines += ["", *details]
     lines.append("Para conferir sozinho, rode a célula de verificação de cada exercício no JupyterLab.")
