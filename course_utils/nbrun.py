@@ -11,11 +11,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
 _CELL = re.compile(r"Cell (\d+)$")
+# `python -m pytest`, minus seconds of start-up: nbval reads notebooks with nbformat, whose schema
+# validation imports jsonschema, which imports the optional `rfc3987_syntax` when it is installed
+# (JupyterLab's jupyter-events brings it) and that module builds a grammar at import time (1.5 s on
+# an idle 2-core machine, 5 s under load), only to check IRI formats no notebook field uses. Marking
+# it absent makes jsonschema skip that one format check, for every notebook run and every graded one.
+_PYTEST = ("import sys; sys.modules.setdefault('rfc3987_syntax', None); import pytest; "
+           "sys.exit(pytest.main(sys.argv[1:]))")
 _ANSI = re.compile(r"(\x1b|#x1B)\[[0-9;]*m")
 _ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): ?(.*)$")
 
@@ -30,6 +38,7 @@ class CellOutcome:
     code_index: int
     status: str  # passed | failed | skipped | error
     message: str = ""
+    seconds: float = 0.0  # the cell's run time, as nbval's report gives it
 
     @property
     def ok(self) -> bool:
@@ -52,6 +61,7 @@ class NotebookRun:
     returncode: int
     timed_out: bool
     output: str
+    seconds: float = 0.0  # the whole run, kernel start and pytest's own start included
 
     def statuses(self) -> dict[int, str]:
         return {i: c.status for i, c in sorted(self.cells.items())}
@@ -76,7 +86,7 @@ def run_notebook(notebook: Path, env: dict[str, str] | None = None, cell_timeout
         shutil.copyfile(notebook, target)
         (work / "pytest.ini").write_text("[pytest]\naddopts =\n")
         xml = work / "report.xml"
-        cmd = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env",
+        cmd = [sys.executable, "-c", _PYTEST, "--nbval-lax", "--nbval-current-env",
                f"--nbval-cell-timeout={cell_timeout}", "-p", "no:cacheprovider",
                "-c", str(work / "pytest.ini"), "--rootdir", str(work), f"--junitxml={xml}", "-q",
                "-W", "ignore::DeprecationWarning"]
@@ -89,6 +99,7 @@ def run_notebook(notebook: Path, env: dict[str, str] | None = None, cell_timeout
         run_env["JUPYTER_RUNTIME_DIR"] = str(work / "runtime")
         run_env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
         timed_out = False
+        started = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=work, env=run_env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -103,7 +114,7 @@ def run_notebook(notebook: Path, env: dict[str, str] | None = None, cell_timeout
         finally:
             _kill_leftovers(work)
         cells = parse_junit(xml) if xml.exists() else {}
-        return NotebookRun(cells, returncode, timed_out, output)
+        return NotebookRun(cells, returncode, timed_out, output, time.monotonic() - started)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -153,5 +164,5 @@ def parse_junit(xml: Path) -> dict[int, CellOutcome]:
                 status = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
                 message = (node.get("message") or "") + "\n" + (node.text or "")
                 break
-        cells[index] = CellOutcome(index, status, message.strip())
+        cells[index] = CellOutcome(index, status, message.strip(), float(case.get("time") or 0.0))
     return cells
