@@ -28,6 +28,14 @@ _STAMP = re.compile(r"^\d{4}-\d\d-\d\d \S+ \[\w+\] <[^>]*> ?")
 FAST_STATS = ("[{rabbitmq_management_agent, [{sample_retention_policies, "
               "[{global, [{605, 1}]}, {basic, [{605, 1}]}, {detailed, [{605, 1}]}]}]}].")
 
+# RabbitMQ's own defaults, as a Docker user gets them: queues and connections emit their statistics
+# every 5 s and the management agent samples them every 5 s. For a node that must behave like that
+# (tests of what the notebooks show on a default broker):
+#     NativeNode(..., advanced_config=DEFAULT_STATS)
+# advanced.config wins over rabbitmq.conf's collect_statistics_interval = 500, and FAST_STATS is
+# not applied.
+DEFAULT_STATS = "[{rabbit, [{collect_statistics_interval, 5000}]}]."
+
 PLUGINS = ("rabbitmq_management", "rabbitmq_prometheus", "rabbitmq_stream")
 
 # Where the OS packages put the server scripts. On Debian/Ubuntu /usr/sbin/rabbitmq-server is a

@@ -3,12 +3,12 @@
     from course_utils.routing import routing_table
     routing_table(curso, "logs_topic", ["kern.critical", "app.info", "kern.info.disk"])
 
-The result is a DataFrame message × queue (True where the message landed), drawn as a heat-map in
-the notebook. Nothing is simulated: each message is published to the real exchange with
-publisher confirms, and the broker's own routing is read back as the exact change of each
-queue's ready count (AMQP passive declare), so direct, fanout, topic (`*`, `#`), headers
-(`x-match` all / any), exchange-to-exchange bindings and alternate exchanges all behave as
-RabbitMQ routes them.
+The result is a DataFrame message × queue (True where the message landed), a `RoutingTable`
+whose notebook display is the heat-map (one picture; derived frames show as True/False tables).
+Nothing is simulated: each message is published to the real exchange with publisher confirms,
+and the broker's own routing is read back as the exact change of each queue's ready count (AMQP
+passive declare), so direct, fanout, topic (`*`, `#`), headers (`x-match` all / any),
+exchange-to-exchange bindings and alternate exchanges all behave as RabbitMQ routes them.
 """
 from __future__ import annotations
 
@@ -18,10 +18,13 @@ from typing import Iterable, Union
 import pandas as pd
 import pika
 import pika.exceptions
+from matplotlib import rcParams
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
-from ._toolkit import broker_error, display_figure, format_headers, new_figure, ready_and_consumers
+from ._toolkit import (broker_error, display_figure, format_headers, in_notebook, new_figure,
+                       ready_and_consumers)
 from .errors import CourseError
 from .management import ManagementError
 
@@ -115,6 +118,47 @@ def _publish(channel, exchange: str, key: str, headers: dict | None, probe_id: s
         return False
 
 
+def _cell_number() -> int | None:
+    """The number of the notebook cell running now (None outside IPython)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel
+        return None
+    shell = get_ipython()
+    return getattr(shell, "execution_count", None) if shell is not None else None
+
+
+class RoutingTable(pd.DataFrame):
+    """What `routing_table` returns: a DataFrame message × queue (bool).
+
+    In a notebook it shows as one thing, the heat-map (`plot_routing`), never as the heat-map
+    plus a True/False grid: `routing_table(..., show=True)` draws it at once (so an assigned
+    result is seen too), and the same table returned as that cell's value is not drawn again;
+    in a later cell, `tabela` alone draws it. Frames derived from it (`tabela.rename(...)`,
+    `tabela[["a", "b"]]`, `tabela.loc[...]`) are plain DataFrames and show as True/False tables;
+    `print(tabela)` prints the grid.
+    """
+
+    _shown_in_cell = None  # the cell in which routing_table(show=True) drew it
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        if not in_notebook():  # a terminal: the grid as text
+            display(pd.DataFrame(self))
+            return
+        cell = _cell_number()
+        if cell is not None and cell == self._shown_in_cell:
+            return
+        display_figure(plot_routing(self))
+
+    def show(self) -> "RoutingTable":
+        """Draw the heat-map in the notebook now (no-op elsewhere); returns the table."""
+        display_figure(plot_routing(self))
+        object.__setattr__(self, "_shown_in_cell", _cell_number())
+        return self
+
+
 def routing_table(curso, exchange: str, messages: Iterable[Message], queues: list[str] | None = None,
                   keep: bool = False, show: bool = True) -> pd.DataFrame:
     """Publish each message to `exchange` and return a DataFrame message × queue of where it landed.
@@ -123,7 +167,8 @@ def routing_table(curso, exchange: str, messages: Iterable[Message], queues: lis
     - queues: the columns; by default every queue the exchange can reach (`bound_queues`);
     - keep: leave the test messages in the queues (default: take them out again; messages that
       were already there are put back in place, marked redelivered);
-    - show: draw the heat-map in the notebook.
+    - show: draw the heat-map in the notebook now (the returned table is then not drawn again
+      as the cell's value: see `RoutingTable`).
     The queues must have no consumers while it runs (they would take the messages first).
     """
     items = [as_message(m) for m in messages]
@@ -153,13 +198,11 @@ def routing_table(curso, exchange: str, messages: Iterable[Message], queues: lis
     finally:
         if connection.is_open:
             connection.close()
-    table = pd.DataFrame(rows, index=pd.Index([i[0] for i in items], name="mensagem"),
+    table = RoutingTable(rows, index=pd.Index([i[0] for i in items], name="mensagem"),
                          columns=pd.Index(names, name="fila"), dtype=bool)
     table.attrs.update(exchange=exchange, exchange_type=info.get("type"),
                        bindings=binding_labels(curso, exchange, info.get("type")))
-    if show:
-        display_figure(plot_routing(table))
-    return table
+    return table.show() if show else table
 
 
 def _take_back(connection: pika.BlockingConnection, landed: dict[str, int], run: str) -> None:
@@ -181,16 +224,43 @@ def _take_back(connection: pika.BlockingConnection, landed: dict[str, int], run:
     channel.close()
 
 
+MAX_WIDTH_IN = 8.2  # + Jupyter's 0.1 in padding each side: 840 px at 100 dpi, shown unshrunk
+FONT = 9.0
+
+
 def plot_routing(table: pd.DataFrame, title: str | None = None) -> Figure:
-    """Heat-map of a routing table: a filled cell where the message landed."""
+    """Heat-map of a routing table: a filled cell where the message landed.
+
+    Columns are as wide as their names and binding keys; when that would make the picture wider
+    than MAX_WIDTH_IN, every other column name moves one step up (so each may be two columns
+    wide), or, when even that is too narrow, the names turn upright: the text never shrinks."""
     rows, cols = table.shape
     keys = table.attrs.get("bindings") or {}
     columns = [f"{c}\n{keys[c]}" if keys.get(c) else str(c) for c in table.columns]
-    widest = max((len(line) for label in columns for line in label.split("\n")), default=4)
-    lines = max((label.count("\n") + 1 for label in columns), default=1)
-    row_width = max((len(str(i)) for i in table.index), default=4)
-    fig = new_figure(max(4.5, cols * max(1.1, 0.09 * widest + 0.3) + 0.08 * row_width + 1.5),
-                     max(2.0, 0.45 * rows + 0.22 * lines + 1.0))
+    dropped = [not table.iloc[r].any() for r in range(rows)]
+    row_labels = [f"{label}  (descartada)" if d else str(label) for label, d in zip(table.index, dropped)]
+    measure = new_figure(1, 1)
+    renderer = FigureCanvasAgg(measure).get_renderer()
+
+    def size(text: str) -> tuple[float, float]:
+        box = measure.text(0, 0, text, fontsize=FONT).get_window_extent(renderer)
+        return box.width / measure.dpi, box.height / measure.dpi
+
+    col_sizes = [size(c) for c in columns] or [(0.4, 0.2)]
+    widest, tallest = max(w for w, _ in col_sizes), max(h for _, h in col_sizes)
+    row_w = max((size(r)[0] for r in row_labels), default=0.4)
+    room = MAX_WIDTH_IN - 2 * float(rcParams["savefig.pad_inches"]) - row_w - 0.4
+    cell_w = max(0.55, widest + 0.2)
+    staggered = upright = False
+    if cols * cell_w > room:  # too wide: every other name one step higher, or else upright
+        cell_w = max(0.45, room / max(cols, 1))
+        staggered = widest + 0.15 <= 2 * cell_w
+        upright = not staggered
+        if upright:
+            cell_w = max(0.45, min(cell_w, tallest + 0.2))
+    head = widest if upright else tallest * (2.1 if staggered else 1)
+    fig = new_figure(min(MAX_WIDTH_IN, row_w + 0.5 + max(cols, 1) * cell_w),
+                     max(2.0, 0.42 * rows + head + 0.9))
     ax = fig.add_subplot()
     values = table.to_numpy(dtype=float) if cols else [[0.0]] * rows
     ax.imshow(values, cmap=ListedColormap(["#F4F4F4", "#009E73"]), vmin=0, vmax=1, aspect="auto")
@@ -198,11 +268,12 @@ def plot_routing(table: pd.DataFrame, title: str | None = None) -> Figure:
         for c in range(cols):
             if table.iat[r, c]:
                 ax.text(c, r, "✓", ha="center", va="center", color="white", fontsize=12, weight="bold")
-    ax.set_xticks(range(cols), columns, fontsize=9)
+    ax.set_xticks(range(cols), columns, fontsize=FONT, rotation=90 if upright else 0)
     ax.xaxis.tick_top()
-    dropped = [not table.iloc[r].any() for r in range(rows)]
-    ax.set_yticks(range(rows), [f"{label}  (descartada)" if d else str(label)
-                                for label, d in zip(table.index, dropped)])
+    if staggered:
+        for tick in ax.xaxis.get_major_ticks()[1::2]:
+            tick.set_pad(tick.get_pad() + 72 * tallest * 1.1)
+    ax.set_yticks(range(rows), row_labels, fontsize=FONT)
     for tick, d in zip(ax.get_yticklabels(), dropped):
         if d:
             tick.set_color("#D55E00")

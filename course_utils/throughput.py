@@ -43,9 +43,11 @@ import pika
 import pika.exceptions
 import pika.spec
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter
 from tqdm.auto import tqdm
 
 from ._toolkit import in_notebook, new_figure
+from .numbers import MISSING, BrTable, format_number, formatted, is_missing, number_formatter
 from .errors import CourseError
 
 CONFIRM_MODES = ("none", "message", "batch", "async")
@@ -416,23 +418,80 @@ def compare(curso, grid: dict | list[dict], progress: bool | None = None) -> pd.
         operation = setting.pop("operation", "publish")
         measure = measure_consume if operation == "consume" else measure_publish
         rows.append(measure(curso, progress=False, **setting).row())
-    df = pd.DataFrame(rows)
+    df = ThroughputTable(rows)
     if not df.empty:
         df[["prefetch", "consumidores"]] = df[["prefetch", "consumidores"]].astype("Int64")
     return df
 
 
+# the table ----------------------------------------------------------------------------------
+SETTING_COLUMNS = ["operação", "confirmação", "persistente", "tamanho_bytes", "prefetch", "consumidores",
+                   "fila", "mensagens"]
+HEADERS = {"tamanho_bytes": "tamanho (B)", "p50_ms": "p50 (ms)", "p95_ms": "p95 (ms)", "p99_ms": "p99 (ms)"}
+
+
+def _applies(values: pd.Series) -> pd.Series:
+    """The values of a setting where it applies (prefetch is NA for a publish, confirmação "" for
+    a consume)."""
+    return values[values.map(lambda v: not is_missing(v) and v != "")]
+
+
+def _varies(df: pd.DataFrame, column: str) -> bool:
+    return _applies(df[column]).astype(str).nunique() > 1
+
+
+class ThroughputTable(BrTable):
+    """What `compare` returns: one row per run (a DataFrame; its columns are in docs/toolkit.md).
+
+    Shown in a notebook so that it fits the cell: pt-BR numbers and headers with their units; a
+    setting that is the same in every run (and `nacks` when none) is written once, in the line
+    above the table, instead of in a column; a setting that applies to no run is left out. The
+    data keep every column: `df["msg/s"]`, `df[["prefetch", "msg/s"]]`.
+    """
+
+    def _constant(self) -> list[str]:
+        if len(self) < 2:
+            return [c for c in SETTING_COLUMNS if c in self and len(_applies(self[c]))] + \
+                   (["nacks"] if "nacks" in self and (self["nacks"] == 0).all() else [])
+        same = [c for c in SETTING_COLUMNS if c in self and len(_applies(self[c])) and not _varies(self, c)]
+        if "nacks" in self and (self["nacks"] == 0).all():
+            same.append("nacks")
+        return same
+
+    def display_frame(self) -> pd.DataFrame:
+        keep = [c for c in self.columns if c not in self._constant()
+                and not (c in SETTING_COLUMNS and not len(_applies(self[c])))]
+        shown = formatted(pd.DataFrame(self)[keep])
+        for c in keep:  # a setting that does not apply to a run (prefetch of a publish): '—'
+            if c in SETTING_COLUMNS:
+                shown[c] = shown[c].replace("", MISSING)
+        shown.columns = [HEADERS.get(c, c) for c in keep]
+        return shown
+
+    def caption(self) -> str:
+        parts = []
+        for c in self._constant():
+            value = format_number(_applies(self[c]).iloc[0] if c in SETTING_COLUMNS else self[c].iloc[0])
+            parts.append(f"tamanho: {value} B" if c == "tamanho_bytes" else f"{c}: {value}")
+        if not parts:
+            return ""
+        return ("Em todas as medições: " if len(self) > 1 else "Medição: ") + " · ".join(parts)
+
+
 # drawing ------------------------------------------------------------------------------------
 _LABEL_COLUMNS = ["operação", "confirmação", "persistente", "tamanho_bytes", "prefetch", "consumidores", "fila"]
+MAX_WIDTH_IN = 8.2  # + Jupyter's 0.1 in padding each side: 840 px at 100 dpi, shown unshrunk
+FONT = 9.0
 
 
 def _row_labels(df: pd.DataFrame) -> list[str]:
     """Describe each row by the settings that differ between rows."""
-    varying = [c for c in _LABEL_COLUMNS if c in df and df[c].astype(str).nunique() > 1] or ["operação"]
+    varying = [c for c in _LABEL_COLUMNS if c in df and _varies(df, c)] or ["operação"]
     names = {"confirmação": lambda v: "sem confirmação" if v == "nenhuma" else (f"confirmação {v}" if v else ""),
              "persistente": lambda v: "persistente" if v else "transitória",
-             "tamanho_bytes": lambda v: f"{v} B", "prefetch": lambda v: f"prefetch {v}" if pd.notna(v) else "",
-             "consumidores": lambda v: f"{int(v)} consumidor(es)" if pd.notna(v) else "",
+             "tamanho_bytes": lambda v: f"{format_number(v)} B",
+             "prefetch": lambda v: f"prefetch {format_number(v)}" if not is_missing(v) else "",
+             "consumidores": lambda v: f"{format_number(v)} consumidor(es)" if not is_missing(v) else "",
              "fila": lambda v: f"fila {v}"}
     labels = []
     for _, row in df.iterrows():
@@ -442,29 +501,44 @@ def _row_labels(df: pd.DataFrame) -> list[str]:
 
 
 def plot_throughput(df: pd.DataFrame, title: str = "Laboratório de vazão") -> Figure:
-    """Bars of msg/s per run and, beside them, latency p50 with a whisker up to p95 (log scale)."""
+    """Bars of msg/s per run and, beside them, latency p50 with a whisker up to p95 (log scale).
+
+    Every number is written the pt-BR way (`course_utils.numbers`): the bar labels with the
+    table's one decimal (5.891,1), the axes too (2.000; 0,1 1 10).
+    """
     labels = _row_labels(df)
-    fig = new_figure(11, max(2.5, 0.45 * len(df) + 1.4))
+    fig = new_figure(MAX_WIDTH_IN, max(2.5, 0.42 * len(df) + 1.5))
     rate_ax, lat_ax = fig.subplots(1, 2, sharey=True, width_ratios=[3, 2])
     y = np.arange(len(df))
     colors = ["#0072B2" if op == "publicar" else "#009E73" for op in df["operação"]]
     rate_ax.barh(y, df["msg/s"], color=colors)
     for yi, v in zip(y, df["msg/s"]):
-        rate_ax.text(v, yi, f" {v:,.0f}".replace(",", "."), va="center", fontsize=8)
-    rate_ax.set_yticks(y, labels)
+        rate_ax.text(v, yi, " " + format_number(v, 1), va="center", fontsize=FONT - 0.5)
+    rate_ax.set_yticks(y, labels, fontsize=FONT)
     rate_ax.invert_yaxis()
-    rate_ax.set_xlabel("mensagens por segundo")
-    rate_ax.margins(x=0.18)
+    rate_ax.set_xlabel("mensagens por segundo", fontsize=FONT)
+    rate_ax.xaxis.set_major_formatter(number_formatter())
+    rate_ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+    rate_ax.margins(x=0.3)
     has = df["p50_ms"].notna()
     if has.any():
         p50, p95 = df.loc[has, "p50_ms"], df.loc[has, "p95_ms"]
         lat_ax.errorbar(p50, y[has.to_numpy()], xerr=[np.zeros(len(p50)), (p95 - p50).clip(lower=0)],
                         fmt="o", color="#D55E00", capsize=3)
         lat_ax.set_xscale("log")
+        low, high = float(p50.min()), float(p95.max())
+        decades = math.log10(high / low) if low > 0 and high > low else 0.0
+        # 1-2-5 ticks on a short range, decades on a long one: tick labels never run together
+        lat_ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades < 1.2 else (1.0,),
+                                                  numticks=12))
+        lat_ax.xaxis.set_major_formatter(number_formatter())
+        lat_ax.xaxis.set_minor_formatter(NullFormatter())
     for yi in y[~has.to_numpy()]:
         lat_ax.text(0.02, yi, "não medida (sem confirmação)", transform=lat_ax.get_yaxis_transform(),
-                    va="center", fontsize=8, color="#777777")
-    lat_ax.set_xlabel("latência p50 → p95 (ms, escala log)")
+                    va="center", fontsize=FONT - 0.5, color="#777777")
+    lat_ax.set_xlabel("latência p50 → p95 (ms, escala log)", fontsize=FONT)
     lat_ax.grid(axis="x", color="#EEEEEE")
+    for ax in (rate_ax, lat_ax):
+        ax.tick_params(axis="x", labelsize=FONT)
     fig.suptitle(title, fontsize=11)
     return fig

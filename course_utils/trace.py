@@ -35,10 +35,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import pika
+from matplotlib import rcParams
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ._toolkit import DEAD_COLOR, DELIVER_COLOR, PUBLISH_COLOR, REDELIVER_COLOR, new_figure
+from .numbers import BrTable, format_number, number_formatter
 from .errors import CourseError
 
 TRACE_EXCHANGE = "amq.rabbitmq.trace"
@@ -46,6 +49,11 @@ MARKER_PREFIX = "curso.trace.fim."
 _tracing_lock = threading.Lock()
 _tracing_users: dict[str, int] = {}   # vhost -> active traces in this process
 _tracing_was_on: dict[str, bool] = {}
+
+# The management API lists a new connection only at its next statistics refresh: about 1 s on the
+# course's own nodes, 5 s on a default RabbitMQ (the Docker image). stop() waits up to this long,
+# and only while a connection seen in the trace is still missing from the list.
+NAMES_WAIT = 6.0
 
 COLUMNS = ["t_ms", "evento", "mensagem", "exchange", "routing_key", "fila", "roteada_para",
            "consumidor", "corpo", "motivo_dlx"]
@@ -135,7 +143,7 @@ class Trace:
     """Records the firehose of the chapter's vhost between start() and stop() (or a `with`)."""
 
     def __init__(self, curso, max_events: int = 10_000, settle: float = 0.25, timeout: float = 10.0,
-                 names_wait: float = 0.6):
+                 names_wait: float = NAMES_WAIT):
         self.curso = curso
         self.names_wait = names_wait
         self.max_events = max_events
@@ -148,7 +156,8 @@ class Trace:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self._names: dict[str, str] = {}
+        self._names: dict[str, str] = {}   # connection id -> the name the client gave it
+        self._listed: set[str] = set()      # connection ids the management API has listed
         self._stats_before: dict[str, dict] = {}
         self._t0 = 0.0
 
@@ -167,6 +176,7 @@ class Trace:
         management = self.curso.management
         _acquire_tracing(management, self.curso.vhost)
         self._stats_before = _queue_stats(management)
+        self._resolve_names()  # connections already listed now may be closed by the end
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="curso-trace", daemon=True)
         self._thread.start()
@@ -211,9 +221,10 @@ class Trace:
         for method, properties, body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.05):
             now = time.perf_counter()
             if method is not None:
-                if (properties.headers or {}).get("routing_keys") == [self._marker]:
+                keys = [_decode(k) for k in (properties.headers or {}).get("routing_keys", [])]
+                if keys == [self._marker]:
                     marker_seen = now
-                else:
+                elif not any(k.startswith(MARKER_PREFIX) for k in keys):  # not a nested trace's marker
                     self._record(_event(method, properties, body, 1000 * (now - self._t0)))
             if self._stop.is_set() and marker_sent is None:
                 # the marker's own trace comes back after everything the broker traced before it
@@ -233,24 +244,28 @@ class Trace:
 
     def _resolve_names(self, wait: float = 0.0) -> None:
         """Map firehose connection ids ('127.0.0.1:52474 -> 127.0.0.1:5672') to the names clients
-        gave their connections (client_properties connection_name). The management API lists a
-        new connection only after its next statistics refresh, hence the short, bounded wait."""
+        gave their connections (`client_properties={"connection_name": ...}`, which the management
+        API reports as `user_provided_name` too). The firehose carries only the id, and the API
+        lists a new connection only after its next statistics refresh, hence the bounded wait
+        while a traced connection is not listed yet (a connection closed before that never is)."""
         deadline = time.monotonic() + wait
         while True:
             try:
                 for c in self.curso.management.connections():
-                    name = (c.get("client_properties") or {}).get("connection_name")
+                    self._listed.add(c["name"])
+                    name = c.get("user_provided_name") or (c.get("client_properties") or {}).get("connection_name")
                     if name:
                         self._names.setdefault(c["name"], name)
             except CourseError:
                 return
-            unknown = {e.connection for e in self.events} - set(self._names)
+            unknown = {e.connection for e in self.events} - self._listed
             if not unknown or time.monotonic() > deadline:
                 return
             time.sleep(0.2)
 
     def consumer_label(self, event: TraceEvent) -> str:
-        """'nome da conexão (canal n)', with the client port when several share a name."""
+        """'nome da conexão (canal n)', with the client port when several share a name; a
+        connection without a name (or not listed yet) shows as 'conexão :porta'."""
         name = self._names.get(event.connection)
         port = event.connection.split(" -> ")[0].rpartition(":")[2]
         shared = sum(1 for v in self._names.values() if v == name) > 1
@@ -259,7 +274,8 @@ class Trace:
 
     # results ---------------------------------------------------------------------------
     def table(self) -> pd.DataFrame:
-        """One row per traced publish or delivery, in the order the broker traced them.
+        """One row per traced publish or delivery, in the order the broker traced them (a
+        `BrTable`: a DataFrame shown with pt-BR numbers).
 
         `mensagem` numbers each publish (#1, #2, ...) and gives each delivery the number of the
         publish it came from, so a pivot shows who got which message.
@@ -268,7 +284,7 @@ class Trace:
         numbers = _number_messages(self.events)
         known = self._known_queues()
         rows = [self._row(e, numbers.get(i), known) for i, e in enumerate(self.events)]
-        return pd.DataFrame(rows, columns=COLUMNS)
+        return BrTable(rows, columns=COLUMNS)
 
     def _known_queues(self) -> set[str]:
         """Queues that exist now or received a delivery. (RabbitMQ 3.10 lists, for the default
@@ -315,7 +331,7 @@ class Trace:
             time.sleep(0.25)
         rows = [{"fila": q, "entregas": traced[q], "acks": delta[q]["ack"],
                  "sem_ack": now.get(q, {}).get("unacked", 0)} for q in sorted(traced)]
-        return pd.DataFrame(rows, columns=["fila", "entregas", "acks", "sem_ack"])
+        return BrTable(rows, columns=["fila", "entregas", "acks", "sem_ack"])
 
 
 def _number_messages(events: list[TraceEvent]) -> dict[int, int]:
@@ -374,24 +390,136 @@ def trace(curso, **options) -> Trace:
 # drawing ----------------------------------------------------------------------------------
 _STYLE = {"publicada": (">", PUBLISH_COLOR), "entregue": ("o", DELIVER_COLOR),
           "reentregue": ("o", REDELIVER_COLOR), "entregue (dead-letter)": ("X", DEAD_COLOR)}
+# Layout rule: the picture is at most MAX_WIDTH_PX wide (JupyterLab shrinks wider images) and no
+# text is smaller than LABEL_FONT points (11.8 px at 100 dpi). Over each event its message
+# number, under each delivery who got it (the connection's name); a label that would touch its
+# neighbour goes one line further out (up to LABEL_LINES lines), and the lanes grow to hold them.
+# With x="ordem" the events are spaced so that the labels fit; with x="tempo" a label that still
+# finds no free line is left out, and the picture says so.
+MAX_WIDTH_PX = 840
+LABEL_FONT = 8.5
+LABEL_LINES = 3
+_LINE = LABEL_FONT * 1.35 / 72  # inches per line of labels
+_PAD = 0.08                     # inches kept free between two labels on a line
+
+
+def _text_size(fig: Figure, renderer, text: str, size: float) -> tuple[float, float]:
+    """(width, height) in inches of `text` at `size` points."""
+    artist = fig.text(0, 0, text, fontsize=size)
+    box = artist.get_window_extent(renderer)
+    artist.remove()
+    return box.width / fig.dpi, box.height / fig.dpi
+
+
+def _stack(spans: list[tuple[float, float, int]], lines: int) -> dict[int, int]:
+    """Line (0 = nearest the marker) of each label (x centre, width, id) so that labels on one
+    line never touch; labels that fit on none of `lines` lines are left out."""
+    ends = [float("-inf")] * lines
+    placed = {}
+    for x, width, key in sorted(spans):
+        for line in range(lines):
+            if x - width / 2 >= ends[line] + _PAD:
+                ends[line] = x + width / 2
+                placed[key] = line
+                break
+    return placed
+
+
+def _stack_lanes(by_lane: list[list[int]], at: dict, widths: dict, lines: int) -> dict[int, int]:
+    """`_stack` on every lane: line of each label (by row index) that found room."""
+    placed: dict[int, int] = {}
+    for members in by_lane:
+        placed.update(_stack([(at[i], widths[i], i) for i in members if i in widths], lines))
+    return placed
+
+
+def _letter(k: int) -> str:
+    """A, B, ..., Z, AA, AB, ..."""
+    return _letter(k // 26 - 1) + chr(65 + k % 26) if k >= 26 else chr(65 + k)
+
+
+def _wrap(text: str, fig: Figure, renderer, width: float) -> str:
+    """Break a ' · '-separated list into lines no wider than `width` inches."""
+    lines, current = [], ""
+    for part in text.split(" · "):
+        joined = f"{current} · {part}" if current else part
+        if current and _text_size(fig, renderer, joined, LABEL_FONT + 0.5)[0] > width:
+            lines.append(current)
+            current = part
+        else:
+            current = joined
+    return "\n".join(lines + [current])
+
+
+def _who(consumer: str) -> str:
+    return consumer.replace(" (canal 1)", "")
 
 
 def plot_trace(table: pd.DataFrame, x: str = "ordem",
                title: str = "Rastreamento: quem recebeu cada mensagem") -> Figure:
     """Timeline of a trace table: publishes on their exchange's lane, deliveries on their
-    queue's lane, a grey line from each publish to the deliveries of the same message.
+    queue's lane, a grey line from each publish to the deliveries of the same message; over each
+    event its message number, under each delivery the connection that got it.
 
     x="ordem" spaces events evenly in the order the broker traced them (readable when many
     happen within a millisecond); x="tempo" uses the milliseconds since the trace started.
     """
     lanes = _lanes(table)
     rows = table.reset_index(drop=True)
-    rows = rows.assign(lane=[_lane_of(r) for _, r in rows.iterrows()],
-                       x=rows["t_ms"] if x == "tempo" else rows.index.to_series())
+    xs = rows["t_ms"].astype(float) if x == "tempo" else pd.Series(range(len(rows)), dtype=float)
+    rows = rows.assign(lane=[_lane_of(r) for _, r in rows.iterrows()], x=xs.to_numpy())
     y = {lane: i for i, lane in enumerate(lanes)}
-    width = min(18.0, max(8.0, 0.5 * len(rows) + 3)) if x != "tempo" else 10.0
-    fig = new_figure(width, max(2.5, 0.65 * len(lanes) + 1.5))
-    ax = fig.add_subplot()
+    fig = new_figure(8.0, 3.0)
+    fig.set_layout_engine("none")
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    numbers = {i: r["mensagem"] for i, r in rows.iterrows()}
+    who = {i: _who(r["consumidor"]) for i, r in rows.iterrows() if r["consumidor"]}
+    number_w = {i: _text_size(fig, renderer, t, LABEL_FONT)[0] for i, t in numbers.items()}
+    who_w = {i: _text_size(fig, renderer, t, LABEL_FONT)[0] for i, t in who.items()}
+    # margins: lane names on the left, the legend on the right, axis label and title
+    left = max((_text_size(fig, renderer, lane, 10)[0] for lane in lanes), default=0.5) + 0.25
+    right = max(_text_size(fig, renderer, e, LABEL_FONT)[0] for e in _STYLE) + 0.55
+    bottom, top = (0.75 if x == "tempo" else 0.45), 0.45
+    max_axes = MAX_WIDTH_PX / fig.dpi - 2 * float(rcParams["savefig.pad_inches"]) - left - right
+    if x == "tempo":
+        lo, hi = (float(xs.min()), float(xs.max())) if len(xs) else (0.0, 1.0)
+        span = max(hi - lo, 1.0)
+        x_range = (lo - 0.05 * span, hi + 0.05 * span)
+        axes_w = max_axes
+    else:
+        x_range = (-0.7, max(len(rows) - 0.3, 0.7))
+        slot = max([0.45] + [w + _PAD for w in number_w.values()] + [w + _PAD for w in who_w.values()])
+        axes_w = min(max_axes, max(4.0, slot * (x_range[1] - x_range[0])))
+    scale = axes_w / (x_range[1] - x_range[0])   # inches per x unit
+    at = {i: (r["x"] - x_range[0]) * scale for i, r in rows.iterrows()}
+    by_lane = [list(rows.index[rows["lane"] == lane]) for lane in lanes]
+    above = _stack_lanes(by_lane, at, number_w, 2)
+    below = _stack_lanes(by_lane, at, who_w, LABEL_LINES)
+    legend_keys = ""
+    if len(below) < len(who_w):  # names too long to fit: a letter per connection, named below
+        keys = {name: _letter(k) for k, name in enumerate(dict.fromkeys(who.values()))}
+        legend_keys = " · ".join(f"{key} = {name}" for name, key in keys.items())
+        who = {i: keys[name] for i, name in who.items()}
+        who_w = {i: _text_size(fig, renderer, t, LABEL_FONT)[0] for i, t in who.items()}
+        below = _stack_lanes(by_lane, at, who_w, LABEL_LINES)
+    skipped = len(numbers) - len(above) + len(who_w) - len(below)
+    note = (f"\n({format_number(skipped)} rótulo(s) sem espaço ficaram de fora"
+            + ('; x="ordem" espaça os eventos)' if x == "tempo" else ")")) if skipped and not table.empty else ""
+    top += 0.2 if note else 0.0
+    xlabel = "tempo desde o início do rastreamento (ms)" if x == "tempo" else "ordem dos eventos no broker"
+    if legend_keys:
+        xlabel += "\n" + _wrap(legend_keys, fig, renderer, axes_w)
+        bottom += (xlabel.count("\n")) * 0.2
+    lines_up = 1 + max(above.values(), default=0)
+    lines_down = 1 + max(below.values(), default=-1)
+    lane_h = 0.2 + (lines_up + lines_down) * _LINE + 0.12
+    marker_y = (0.1 + lines_up * _LINE) / lane_h   # marker's place in its lane, from the top
+    height = top + max(len(lanes), 1) * lane_h + bottom
+    width = left + axes_w + right
+    fig.set_size_inches(width, height)
+    ax = fig.add_axes((left / width, bottom / height, axes_w / width, max(len(lanes), 1) * lane_h / height))
+    ax.set_ylim(max(len(lanes), 1) - marker_y, -marker_y)
+    ax.set_xlim(*x_range)
     first = rows[rows["evento"] == "publicada"].drop_duplicates("mensagem").set_index("mensagem")
     for _, r in rows[rows["evento"] != "publicada"].iterrows():
         if r["mensagem"] in first.index:
@@ -401,26 +529,30 @@ def plot_trace(table: pd.DataFrame, x: str = "ordem",
         part = rows[rows["evento"] == event]
         ax.scatter(part["x"], [y[lane] for lane in part["lane"]], marker=marker, color=color,
                    s=60, zorder=3, label=event)
-    if len(rows) <= 60:
-        for _, r in rows.iterrows():
-            ax.annotate(r["mensagem"], (r["x"], y[r["lane"]]), xytext=(0, 7), textcoords="offset points",
-                        ha="center", fontsize=8, color="#222222")
-            if r["consumidor"]:
-                ax.annotate(r["consumidor"].replace(" (canal 1)", ""), (r["x"], y[r["lane"]]),
-                            xytext=(0, -13), textcoords="offset points", ha="center", fontsize=7,
-                            color="#555555")
+    points = 72 * _LINE
+    for i, r in rows.iterrows():
+        if i in above:
+            ax.annotate(numbers[i], (r["x"], y[r["lane"]]), xytext=(0, 6 + above[i] * points),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=LABEL_FONT,
+                        color="#222222")
+        if i in below:
+            ax.annotate(who[i], (r["x"], y[r["lane"]]), xytext=(0, -6 - below[i] * points),
+                        textcoords="offset points", ha="center", va="top", fontsize=LABEL_FONT,
+                        color="#555555")
     ax.set_yticks(range(len(lanes)), lanes)
-    ax.set_ylim(len(lanes) - 0.4, -0.6)
-    ax.set_xlabel("tempo desde o início do rastreamento (ms)" if x == "tempo" else "ordem dos eventos no broker")
-    if x != "tempo":
+    ax.set_xlabel(xlabel, fontsize=10 if not legend_keys else LABEL_FONT + 0.5)
+    if x == "tempo":
+        ax.xaxis.set_major_formatter(number_formatter())
+    else:
         ax.set_xticks([])
-        ax.set_xlim(-0.8, max(len(rows) - 0.2, 0.8))
+    ax.tick_params(axis="y", length=0)
     ax.grid(axis="x", color="#EEEEEE")
     handles = [Line2D([], [], marker=m, color=c, ls="", label=e) for e, (m, c) in _STYLE.items()]
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    ax.set_title(title, fontsize=11)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=LABEL_FONT,
+              frameon=False)
+    ax.set_title(title + note, fontsize=11)
     if table.empty:
-        ax.text(0.5, 0.5, "(nada foi rastreado)", transform=ax.transAxes, ha="center")
+        ax.text(0.5, 0.5, "(nada foi rastreado)", transform=ax.transAxes, ha="center", va="center")
     return fig
 
 

@@ -7,6 +7,11 @@ Everything happens on the real broker: the playground declares a durable exchang
 `parquinho.<type>`, durable queues with the bindings typed in the box, and publishes through
 `routing_table`. `play_routing(...)` is the same logic without widgets (tests call it).
 
+The playground only ever touches names of its own: a queue typed as `kern` is the broker's
+`parquinho.kern` (tables and pictures show the typed name), so a learner's own `kern` is never
+bound, probed or deleted. "Limpar" deletes what that playground declared, and says what it
+deleted (nothing is said when there was nothing to delete).
+
 Bindings box, one queue per line:
     direct / topic:  `fila_a: chave1, chave2`   (topic keys may use * and #)
     fanout:          `fila_a`                    (keys do not matter)
@@ -23,10 +28,12 @@ from .errors import CourseError
 from .routing import as_message, plot_routing, routing_table
 
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
+PREFIX = "parquinho."  # every exchange and queue the playground declares is named PREFIX + ...
+# Examples in the boxes; their names are not the chapters' own queues (chapter 3 has kern, erros...).
 PLACEHOLDERS = {
-    "direct": "erros: error, critical\navisos: warning",
-    "fanout": "tela\narquivo",
-    "topic": "kern: kern.*\ncriticos: *.critical\ntudo: #",
+    "direct": "falhas: error, critical\nalertas: warning",
+    "fanout": "painel\nhistorico",
+    "topic": "nucleo: kern.*\ngraves: *.critical\ngeral: #",
     "headers": "azul_e_g: x-match=all, cor=azul, tam=g\nazul_ou_g: x-match=any, cor=azul, tam=g",
 }
 MESSAGE_PLACEHOLDERS = {"direct": "error", "fanout": "(qualquer)", "topic": "kern.critical",
@@ -34,7 +41,12 @@ MESSAGE_PLACEHOLDERS = {"direct": "error", "fanout": "(qualquer)", "topic": "ker
 
 
 def playground_exchange(exchange_type: str) -> str:
-    return f"parquinho.{exchange_type}"
+    return f"{PREFIX}{exchange_type}"
+
+
+def playground_queue(name: str) -> str:
+    """The broker's name of the playground queue typed as `name` (`kern` -> `parquinho.kern`)."""
+    return name if name.startswith(PREFIX) else f"{PREFIX}{name}"
 
 
 def _pairs(text: str) -> dict[str, str]:
@@ -79,7 +91,8 @@ def parse_message(text: str, exchange_type: str) -> str | dict:
 
 def _apply_bindings(channel, exchange: str, exchange_type: str, bindings: dict[str, list],
                     existing: list[dict]) -> None:
-    """Declare the exchange and queues and make the exchange's bindings exactly `bindings`."""
+    """Declare the exchange and queues and make the exchange's bindings exactly `bindings`
+    (whose keys are broker queue names)."""
     channel.exchange_declare(exchange=exchange, exchange_type=exchange_type, durable=True)
     wanted = set()
     for queue, items in bindings.items():
@@ -98,29 +111,63 @@ def _apply_bindings(channel, exchange: str, exchange_type: str, bindings: dict[s
 def play_routing(curso, exchange_type: str, bindings: dict[str, list], message: str | dict,
                  exchange: str | None = None) -> pd.Series:
     """Set up `exchange` (default parquinho.<type>) with exactly `bindings`, publish `message`
-    and return a boolean Series queue -> whether the message landed there."""
+    and return a boolean Series queue -> whether the message landed there.
+
+    The queues are the playground's own: `bindings` names them as typed (`kern`), the broker has
+    `parquinho.kern`; the Series (and its heat-map) use the typed names."""
     exchange = exchange or playground_exchange(exchange_type)
+    broker_names = {playground_queue(q): q for q in bindings}
     try:
+        # only the playground's own queues are ever unbound (even from an `exchange` of the learner's)
         existing = [b for b in curso.management.bindings()
-                    if b["source"] == exchange and b["destination_type"] == "queue"]
+                    if b["source"] == exchange and b["destination_type"] == "queue"
+                    and b["destination"].startswith(PREFIX)]
         with open_channel(curso) as channel:
-            _apply_bindings(channel, exchange, exchange_type, bindings, existing)
+            _apply_bindings(channel, exchange, exchange_type,
+                            {playground_queue(q): items for q, items in bindings.items()}, existing)
     except pika.exceptions.ChannelClosedByBroker as exc:
         raise CourseError(f"O broker recusou a configuração: {exc.reply_text}. (Uma fila com esse nome "
                           "já existe com outros argumentos? Escolha outro nome.)") from exc
-    table = routing_table(curso, exchange, [message], queues=list(bindings), show=False)
-    row = table.iloc[0].rename(as_message(message)[0])
-    row.attrs = dict(table.attrs)
+    table = routing_table(curso, exchange, [message], queues=list(broker_names), show=False)
+    row = table.iloc[0].rename(as_message(message)[0]).rename(index=broker_names)
+    row.index.name = table.columns.name
+    row.attrs = dict(table.attrs, broker_queues=dict(broker_names),
+                     bindings={broker_names.get(q, q): text
+                               for q, text in (table.attrs.get("bindings") or {}).items()})
     return row
 
 
-def cleanup_playground(curso, exchange_type: str, queues: list[str] = ()) -> None:
-    """Delete the playground's exchange and the given queues."""
-    exchange = playground_exchange(exchange_type)
+def _exists(connection, kind: str, name: str) -> bool:
+    """Whether the exchange or queue `name` exists (passive declare on a channel of its own)."""
+    channel = connection.channel()
+    try:
+        if kind == "exchange":
+            channel.exchange_declare(exchange=name, passive=True)
+        else:
+            channel.queue_declare(queue=name, passive=True)
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    channel.close()
+    return True
+
+
+def cleanup_playground(curso, exchange_type: str, queues: list[str] = ()) -> list[str]:
+    """Delete the playground's exchange `parquinho.<type>` and its queues for the typed names
+    `queues` (`kern` deletes `parquinho.kern`, never `kern`). Returns what was deleted
+    ("exchange parquinho.topic", "fila parquinho.kern"), leaving out what did not exist."""
+    targets = [("exchange", playground_exchange(exchange_type))]
+    targets += [("fila", playground_queue(q)) for q in dict.fromkeys(queues)]
+    deleted = []
     with open_channel(curso) as channel:
-        channel.exchange_delete(exchange=exchange)
-        for queue in queues:
-            channel.queue_delete(queue=queue)
+        for kind, name in targets:
+            if not _exists(channel.connection, kind, name):
+                continue
+            if kind == "exchange":
+                channel.exchange_delete(exchange=name)
+            else:
+                channel.queue_delete(queue=name)
+            deleted.append(f"{kind} {name}")
+    return deleted
 
 
 class RoutingPlayground:
@@ -143,7 +190,7 @@ class RoutingPlayground:
         self.type_picker.observe(self._on_type, names="value")
         self.bindings_box.observe(lambda _change: self._reset_history(), names="value")
         self.publish_button.on_click(lambda _b: self.publish())
-        self.clear_button.on_click(lambda _b: self.clear())
+        self.clear_button.on_click(lambda _b: self._on_clear_click())
         self.widget = w.VBox([self.type_picker, self.bindings_box, self.message_box,
                               w.HBox([self.publish_button, self.clear_button]), self.output])
 
@@ -168,11 +215,11 @@ class RoutingPlayground:
             try:
                 bindings = parse_bindings(self.bindings_box.value or self.bindings_box.placeholder, kind)
                 message = parse_message(self.message_box.value, kind)
+                self._declared.setdefault(kind, set()).update(bindings)  # even if it fails midway
                 row = play_routing(self.curso, kind, bindings, message)
             except CourseError as exc:
                 print(f"⚠ {exc}")
                 return None
-            self._declared.setdefault(kind, set()).update(bindings)
             new = row.to_frame().T
             self.history = new if self.history.empty else pd.concat([self.history, new])
             self.history = self.history.astype("boolean").fillna(False).astype(bool)
@@ -180,18 +227,30 @@ class RoutingPlayground:
             self.history.attrs.update(row.attrs)
             got = [q for q, hit in row.items() if hit]
             print(f"{row.name!r} → " + (", ".join(got) if got else "nenhuma fila (descartada)"))
+            print(f"(no broker: exchange {playground_exchange(kind)}, filas "
+                  f"{', '.join(row.attrs['broker_queues'])}; o parquinho não mexe nas suas filas)")
             display_figure(plot_routing(self.history))
         return row
 
-    def clear(self) -> None:
-        """What the Limpar button does: delete the playground exchanges and queues."""
-        with self.output:
-            for kind, queues in self._declared.items():
-                cleanup_playground(self.curso, kind, sorted(queues))
-            self._declared.clear()
-            self._reset_history()
-            self.output.clear_output()
-            print("Exchanges e filas do parquinho apagadas.")
+    def clear(self) -> list[str]:
+        """Delete the exchanges and queues this playground declared, and only those; returns
+        what was deleted. Says so in the widget only when it deleted something."""
+        deleted = []
+        for kind, queues in self._declared.items():
+            deleted += cleanup_playground(self.curso, kind, sorted(queues))
+        self._declared.clear()
+        self._reset_history()
+        self.output.clear_output()
+        if deleted:
+            with self.output:
+                print("Apagado pelo parquinho: " + ", ".join(deleted) + ".")
+        return deleted
+
+    def _on_clear_click(self) -> None:
+        """The Limpar button: clear(), and an answer to the click when there was nothing to delete."""
+        if not self.clear():
+            with self.output:
+                print("Nada a apagar: este parquinho não criou nada desde a última limpeza.")
 
 
 def routing_playground(curso) -> RoutingPlayground:

@@ -81,3 +81,16 @@ def course_broker4():
     finally:
         if saved is not None:
             os.environ["RABBITMQ_URL"] = saved
+
+
+@pytest.fixture(scope="module")
+def default_stats_node(tmp_path_factory):
+    """A node with RabbitMQ's default 5 s statistics (`native.DEFAULT_STATS`), as a Docker user gets
+    it: what the live monitor and the trace must show there too."""
+    from course_utils.native import DEFAULT_STATS, NativeNode, Ports, free_offset
+
+    node = NativeNode(tmp_path_factory.mktemp("estatisticas5s") / "node", name=f"estat5s{os.getpid()}",
+                      ports=Ports.offset(free_offset()), die_with_parent=True, advanced_config=DEFAULT_STATS)
+    node.start()
+    yield node
+    node.stop()

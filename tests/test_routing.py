@@ -3,12 +3,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import nbformat  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from nbclient import NotebookClient  # noqa: E402
 
 from course_utils import setup  # noqa: E402
 from course_utils.errors import CourseError  # noqa: E402
 from course_utils.routing import bound_queues, plot_routing, routing_table  # noqa: E402
+from figure_geometry import assert_readable  # noqa: E402
 
 
 @pytest.fixture
@@ -154,3 +157,59 @@ def test_heat_map_renders_to_png(curso, tmp_path):
     path = tmp_path / "roteamento.png"
     plot_routing(table).savefig(path)
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+# what a notebook shows --------------------------------------------------------------------------
+def _run_in_kernel(cells: list[str]) -> list[list[dict]]:
+    """Run code cells in a real Jupyter kernel (as JupyterLab does); the outputs of each cell."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, kernel_name="python3", timeout=60).execute()
+    return [cell.outputs for cell in nb.cells]
+
+
+def _kinds(outputs: list[dict]) -> list[str]:
+    """'imagem' for a picture, 'tabela' for an HTML table, 'texto' for anything else shown."""
+    kinds = []
+    for out in outputs:
+        data = out.get("data", {})
+        kinds.append("imagem" if "image/png" in data else "tabela" if "text/html" in data
+                     else "texto" if out.get("output_type") != "error" else f"erro: {out.get('evalue')}")
+    return kinds
+
+
+def test_a_routing_table_shows_once_in_a_notebook(curso):
+    prelude = (f"from course_utils import setup\nfrom course_utils.routing import routing_table\n"
+               f"curso = setup({curso.name!r})  # recreates the vhost, as a chapter does\n"
+               "with curso.connect() as connection:\n"
+               "    ch = connection.channel()\n"
+               "    ch.exchange_declare(exchange='logs', exchange_type='fanout', durable=True)\n"
+               "    for fila in ('tela', 'arquivo'):\n"
+               "        ch.queue_declare(queue=fila, durable=True)\n"
+               "        ch.queue_bind(queue=fila, exchange='logs')")
+    outputs = _run_in_kernel([
+        prelude,
+        'routing_table(curso, "logs", ["a", "b"])',                 # the cell's value: one heat-map
+        'tabela = routing_table(curso, "logs", ["a"])',            # assigned: still drawn, once
+        "tabela",                                                  # a later cell: drawn again
+        'routing_table(curso, "logs", ["a"], show=False)',         # not drawn by the call: by its value
+        'tabela.rename(columns={"tela": "t"})',                    # derived: the True/False table
+    ])
+    assert [_kinds(o) for o in outputs[1:]] == [["imagem"], ["imagem"], ["imagem"], ["imagem"], ["tabela"]]
+
+
+def test_chapter3_heat_maps_are_readable(curso, tmp_path):
+    """Chapter 3's widest heat-map: one queue per topic binding key ("casos de borda")."""
+    keys = ["#", "*", "kern.*", "kern.#", "#.critical", "a.*.b", "a.#.b", "kern", "ped*"]
+    _declare(curso, "bordas", "topic", [(f"borda_{i}", key) for i, key in enumerate(keys, start=1)])
+    table = routing_table(curso, "bordas", ["", "kern", "kern.info", "critical", "a.b", "a.x.b", "a.x.y.b",
+                                            "a..b", "Kern.info", "pedido", "ped*"], show=False)
+    fig = plot_routing(table)
+    fig.savefig(tmp_path / "bordas.png", dpi=fig.dpi, bbox_inches="tight")
+    assert_readable(fig)
+    _declare(curso, "documentos", "headers", [
+        ("contrato_urgente", {"x-match": "all", "tipo": "contrato", "prioridade": "alta"}),
+        ("contrato_ou_urgente", {"x-match": "any", "tipo": "contrato", "prioridade": "alta"})])
+    table = routing_table(curso, "documentos", [{"tipo": "contrato", "prioridade": "alta"}, {"tipo": "contrato"},
+                                                ("qualquer.routing.key", {"tipo": "contrato", "prioridade": "alta"})],
+                          show=False)
+    assert_readable(plot_routing(table))

@@ -8,6 +8,7 @@ import pytest  # noqa: E402
 from course_utils import setup  # noqa: E402
 from course_utils.topology import plot_topology, show_topology, topology_graph  # noqa: E402
 from course_utils.trace import trace  # noqa: E402
+from figure_geometry import DISPLAY_WIDTH_PX, assert_readable, png_size  # noqa: E402
 
 
 @pytest.fixture
@@ -124,3 +125,83 @@ def test_empty_vhost_draws(course_broker, tmp_path):
         plot_topology(graph).savefig(tmp_path / "vazio.png")
     finally:
         curso.cleanup(delete_vhost=True)
+
+
+# pictures a learner can read: chapter 3's topologies, built on the broker as the chapter does ----
+CH3_DIRECT = {"erros": ["error", "critical"], "plantao": ["critical"], "informativos": ["info", "warning"]}
+CH3_TOPIC = {"kern": "kern.*", "kern_tudo": "kern.#", "criticos": "*.critical", "tudo": "#"}
+CH3_HEADERS = {"contrato_urgente": {"x-match": "all", "tipo": "contrato", "prioridade": "alta"},
+               "contrato_ou_urgente": {"x-match": "any", "tipo": "contrato", "prioridade": "alta"}}
+
+
+def _build_chapter3(ch, stage):
+    """The vhost of notebooks/03_trocas_e_filas.ipynb at section 3.3 or at the final map (3.11)."""
+    ch.exchange_declare(exchange="logs_direto", exchange_type="direct", durable=True)
+    for queue, keys in CH3_DIRECT.items():
+        ch.queue_declare(queue=queue, durable=True)
+        for key in keys:
+            ch.queue_bind(exchange="logs_direto", queue=queue, routing_key=key)
+    if stage == "3.3":
+        return
+    ch.exchange_declare(exchange="noticias", exchange_type="fanout", durable=True)
+    for queue in ("tela", "arquivo"):
+        ch.queue_declare(queue=queue, durable=True)
+    ch.queue_bind(exchange="noticias", queue="tela")
+    ch.queue_bind(exchange="noticias", queue="arquivo", routing_key="qualquer")
+    ch.exchange_declare(exchange="logs_topico", exchange_type="topic", durable=True)
+    for queue, key in CH3_TOPIC.items():
+        ch.queue_declare(queue=queue, durable=True)
+        ch.queue_bind(exchange="logs_topico", queue=queue, routing_key=key)
+    ch.exchange_declare(exchange="documentos", exchange_type="headers", durable=True)
+    for queue, arguments in CH3_HEADERS.items():
+        ch.queue_declare(queue=queue, durable=True)
+        ch.queue_bind(exchange="documentos", queue=queue, arguments=arguments)
+    ch.exchange_declare(exchange="eventos", exchange_type="topic", durable=True)
+    ch.exchange_declare(exchange="auditoria", exchange_type="fanout", durable=True)
+    ch.exchange_bind(destination="auditoria", source="eventos", routing_key="pedido.#")
+    for queue in ("pedidos_br", "auditoria_log", "auditoria_painel"):
+        ch.queue_declare(queue=queue, durable=True)
+    ch.queue_bind(exchange="eventos", queue="pedidos_br", routing_key="pedido.*.br")
+    ch.queue_bind(exchange="auditoria", queue="auditoria_log")
+    ch.queue_bind(exchange="auditoria", queue="auditoria_painel")
+    ch.queue_bind(exchange="eventos", queue="auditoria_log", routing_key="#.br")
+    ch.basic_publish(exchange="eventos", routing_key="pedido.novo.br", body="pedido 42")
+    ch.exchange_declare(exchange="direct_logs", exchange_type="direct", durable=True)
+    ch.queue_declare(queue="logs_info", durable=True)
+    ch.queue_bind(exchange="direct_logs", queue="logs_info", routing_key="info")
+
+
+@pytest.fixture(params=["3.3", "3.11"])
+def chapter3(course_broker, request):
+    curso = setup("teste-topologia-cap03")
+    with curso.connect() as connection:
+        _build_chapter3(connection.channel(), request.param)
+    yield curso, request.param
+    curso.cleanup(delete_vhost=True)
+
+
+def test_chapter3_pictures_have_no_overlapping_text_and_readable_sizes(chapter3, tmp_path):
+    curso, stage = chapter3
+    graph = topology_graph(curso, show_default=stage == "3.3")  # as the chapter calls it
+    fig = plot_topology(graph)
+    fig.savefig(tmp_path / f"cap03-{stage}.png", dpi=fig.dpi, bbox_inches="tight")
+    texts = assert_readable(fig)
+    drawn = [t.text for t in texts]
+    for u, v, data in graph.edges(data=True):  # every binding key is drawn, once
+        if data["label"]:
+            key = _drawn_key(data["label"], drawn)
+            assert drawn.count(key) == 1, (data["label"], drawn)
+    assert png_size(fig)[0] <= DISPLAY_WIDTH_PX
+
+
+def _drawn_key(label, drawn):
+    """The drawn text of an edge label (header matches may be wrapped onto several lines)."""
+    def words(text):
+        return text.replace(",", " ").split()
+    matches = [d for d in drawn if words(d) == words(label)]
+    return matches[0] if matches else label
+
+
+def test_demo_topology_is_readable(curso):
+    fig = plot_topology(topology_graph(curso))
+    assert_readable(fig)

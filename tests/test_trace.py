@@ -1,12 +1,17 @@
 """The firehose trace of a known exchange shows the expected publishes and deliveries."""
+
 import matplotlib
 
 matplotlib.use("Agg")
 
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from course_utils import setup  # noqa: E402
-from course_utils.trace import plot_trace, trace  # noqa: E402
+from course_utils.broker import Broker  # noqa: E402
+from course_utils.sandbox import Chapter  # noqa: E402
+from course_utils.trace import COLUMNS, plot_trace, trace  # noqa: E402
+from figure_geometry import assert_readable  # noqa: E402
 
 
 @pytest.fixture
@@ -123,3 +128,95 @@ def test_cell_errors_pass_through_and_switch_the_firehose_off(curso):
         with trace(curso):
             raise ValueError("erro da célula")
     assert curso.management.get(f"vhosts/{curso.vhost}")["tracing"] is False
+
+
+def test_deliveries_name_the_connections_opened_just_before(curso, tmp_path):
+    """As in docs/toolkit_demo.ipynb: two workers named by client_properties, connected right
+    before the trace (the management API lists a connection only at its next statistics refresh)."""
+    publisher = curso.connect()
+    pch = publisher.channel()
+    pch.confirm_delivery()
+    workers = {name: curso.connect(client_properties={"connection_name": name}) for name in ("worker-1", "worker-2")}
+    channels = {name: connection.channel() for name, connection in workers.items()}
+    with trace(curso) as t:
+        for i in range(4):
+            pch.basic_publish(exchange="", routing_key="tarefas", body=f"tarefa {i}".encode())
+        for _ in range(2):
+            for ch in channels.values():
+                method, _, body = ch.basic_get(queue="tarefas")
+                if body == b"tarefa 3":
+                    ch.basic_reject(delivery_tag=method.delivery_tag, requeue=False)
+                else:
+                    ch.basic_ack(delivery_tag=method.delivery_tag)
+        _get(channels["worker-1"], "mortas")
+    table = t.table()
+    delivered = table[table["evento"] != "publicada"]
+    assert len(delivered) == 5
+    assert set(delivered["consumidor"]) == {"worker-1 (canal 1)", "worker-2 (canal 1)"}
+    fig = plot_trace(table)
+    fig.savefig(tmp_path / "trace.png", dpi=fig.dpi, bbox_inches="tight")
+    drawn = [text.text for text in assert_readable(fig)]
+    assert drawn.count("worker-1") == 3 and drawn.count("worker-2") == 2
+    assert_readable(plot_trace(table, x="tempo"))
+    for connection in (publisher, *workers.values()):
+        connection.close()
+
+
+def _synthetic_table(deliveries: int, who: str) -> pd.DataFrame:
+    rows = [{"t_ms": 0.1 * i, "evento": "publicada", "mensagem": f"#{i + 1}", "exchange": "(padrão)",
+             "routing_key": "tarefas", "fila": "", "roteada_para": "tarefas", "consumidor": "",
+             "corpo": f"tarefa {i}", "motivo_dlx": ""} for i in range(deliveries)]
+    rows += [{"t_ms": 10 + 0.1 * i, "evento": "entregue", "mensagem": f"#{i + 1}", "exchange": "(padrão)",
+              "routing_key": "tarefas", "fila": "tarefas", "roteada_para": "",
+              "consumidor": f"{who}{i % 3} (canal 1)", "corpo": f"tarefa {i}", "motivo_dlx": ""}
+             for i in range(deliveries)]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+@pytest.mark.parametrize("deliveries,who", [(4, "conexão :6085"), (12, "um-nome-de-conexão-bem-longo-"),
+                                            (30, "conexão :6085")])
+def test_timeline_labels_never_overlap(deliveries, who, tmp_path):
+    """Long connection names, many deliveries: labels stack instead of running together."""
+    table = _synthetic_table(deliveries, who)
+    for x in ("ordem", "tempo"):
+        fig = plot_trace(table, x=x)
+        fig.savefig(tmp_path / f"trace-{deliveries}-{x}.png", dpi=fig.dpi, bbox_inches="tight")
+        texts = assert_readable(fig)
+        names = {f"{who}{k}" for k in range(3)}
+        assert all(any(name in text.text for text in texts) for name in names)  # on a label or in the key
+        if x == "ordem":  # every delivery is labelled: with the name, or with its key letter
+            labels = [t.text for t in texts if t.text in names or (t.text.isalpha() and t.text.isupper())]
+            assert len(labels) == deliveries
+
+
+def test_a_connection_opened_right_before_the_trace_is_named(curso):
+    """The firehose names a connection only by its address; the name the client gave it comes from
+    the management API, which lists a new connection only at its next statistics refresh."""
+    assert _consumer_named_by_trace(curso) == ["worker-1 (canal 1)"]
+
+
+def _consumer_named_by_trace(curso) -> list[str]:
+    """Open 'worker-1' just before a trace, get one message in it: the trace's consumer column."""
+    connection = curso.connect(client_properties={"connection_name": "worker-1"})
+    try:
+        ch = connection.channel()
+        ch.basic_publish(exchange="", routing_key="tarefas", body=b"tarefa")
+        with trace(curso) as t:
+            _get(ch, "tarefas")
+        return t.table()["consumidor"].tolist()
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="module")
+def default_stats_broker(default_stats_node):
+    yield Broker("external", "127.0.0.1", default_stats_node.ports.amqp, "guest", "guest",
+                 f"http://127.0.0.1:{default_stats_node.ports.management}")
+
+
+@pytest.mark.slow
+def test_connection_names_on_a_broker_with_default_statistics(default_stats_broker):
+    curso = Chapter("rastreio5s", default_stats_broker, "/", owns_vhost=False)
+    with curso.connect() as setup_connection:
+        setup_connection.channel().queue_declare(queue="tarefas", durable=True)
+    assert _consumer_named_by_trace(curso) == ["worker-1 (canal 1)"]

@@ -69,3 +69,63 @@ def test_widget_publish_and_clear(curso):
     playground.clear_button.click()
     assert curso.management.queues() == []
     assert not [e for e in curso.management.exchanges() if e["name"].startswith("parquinho")]
+
+
+LEARNER_QUEUES = {"kern": "kern.*", "criticos": "*.critical", "tudo": "#"}  # chapter 3's own queues
+
+
+def _learner_topology(curso):
+    """Chapter 3's topic example, as a learner has it: queues bound to logs_topico, with messages."""
+    with curso.connect() as connection:
+        channel = connection.channel()
+        channel.exchange_declare(exchange="logs_topico", exchange_type="topic", durable=True)
+        for queue, key in LEARNER_QUEUES.items():
+            channel.queue_declare(queue=queue, durable=True)
+            channel.queue_bind(queue=queue, exchange="logs_topico", routing_key=key)
+        channel.confirm_delivery()
+        channel.basic_publish(exchange="logs_topico", routing_key="kern.critical", body=b"do aluno")
+
+
+def _learner_state(curso):
+    with curso.connect() as connection:
+        channel = connection.channel()
+        ready = {q: channel.queue_declare(queue=q, passive=True).method.message_count for q in LEARNER_QUEUES}
+    bindings = sorted((b["source"], b["destination"], b["routing_key"]) for b in curso.management.bindings()
+                      if b["destination"] in LEARNER_QUEUES and b["source"])
+    return ready, bindings
+
+
+def test_learner_queues_named_like_the_examples_are_never_touched(curso, capsys):
+    _learner_topology(curso)
+    before = _learner_state(curso)
+    assert before == ({"kern": 1, "criticos": 1, "tudo": 1},
+                      [("logs_topico", "criticos", "*.critical"), ("logs_topico", "kern", "kern.*"),
+                       ("logs_topico", "tudo", "#")])
+    playground = routing_playground(curso)
+    playground.type_picker.value = "topic"
+    playground.bindings_box.value = "\n".join(f"{q}: {k}" for q, k in LEARNER_QUEUES.items())
+    playground.message_box.value = "kern.critical"
+    row = playground.publish()
+    assert row.to_dict() == {"kern": True, "criticos": True, "tudo": True}
+    playground.bindings_box.value = ""  # the box's own example (its placeholder)
+    assert playground.publish() is not None
+    # the learner's queues were neither bound to the playground nor given its test messages
+    assert _learner_state(curso) == before
+    playground.clear_button.click()
+    assert _learner_state(curso) == before
+    assert not [q["name"] for q in curso.management.queues() if q["name"].startswith("parquinho")]
+    assert not [e["name"] for e in curso.management.exchanges() if e["name"].startswith("parquinho")]
+    out = capsys.readouterr().out
+    assert "parquinho.topic" in out and "parquinho.kern" in out
+    deleted = out[out.rindex("Apagad"):]
+    assert all(f"parquinho.{q}" in deleted for q in LEARNER_QUEUES) and "logs_topico" not in deleted
+
+
+def test_clear_claims_nothing_it_did_not_do(curso, capsys):
+    playground = routing_playground(curso)
+    playground.clear()  # the last cell of a notebook run with Run All: nobody played
+    printed = capsys.readouterr().out.replace("\x1b[2K", "").replace("\r", "")  # clear_output's codes
+    assert printed.strip() == ""
+    playground.clear_button.click()  # a click gets an answer, which claims no deletion
+    printed = capsys.readouterr().out
+    assert "Nada a apagar" in printed and "Apagad" not in printed
