@@ -16,10 +16,20 @@ from .management import Management
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,40}$")
 
 
+# The heartbeat the course's connections ask for. A BlockingConnection answers heartbeats only while
+# the program calls into pika: in a notebook, that is while a cell runs. With the broker's 60 s, a
+# learner who reads for about three minutes finds the notebook's connection dropped (StreamLostError
+# on the next cell); 600 s lets a pause of twenty minutes or so pass, and a dead client is still
+# detected (heartbeats stay on). Chapters 2 and 5 tell the learner so.
+NOTEBOOK_HEARTBEAT = 600
+
+
 def course_params(url: str, connection_name: str, **overrides) -> pika.URLParameters:
     """pika parameters as the course uses them: bounded retries and timeouts, a connection name
-    the management API shows; keyword arguments set attributes (heartbeat=30, ...)."""
+    the management API shows, a heartbeat long enough for a learner's pause between cells
+    (`NOTEBOOK_HEARTBEAT`); keyword arguments set attributes (heartbeat=2, ...)."""
     params = pika.URLParameters(url)
+    params.heartbeat = NOTEBOOK_HEARTBEAT
     params.connection_attempts = 3
     params.retry_delay = 0.5
     params.socket_timeout = 5
@@ -28,6 +38,22 @@ def course_params(url: str, connection_name: str, **overrides) -> pika.URLParame
     for key, value in overrides.items():
         setattr(params, key, value)
     return params
+
+
+def close_quietly(connection) -> bool:
+    """Close a pika connection if it is open; never raises. True if this call closed it cleanly.
+
+    A BlockingConnection only reads its socket while the program calls into pika, so a connection
+    the broker dropped meanwhile (missed heartbeats) still says `is_open` until the next call, and
+    `close()` then raises StreamLostError: the connection is closed all the same, which is all a
+    clean-up wants. Anything else a half-broken connection raises on close is swallowed too."""
+    if connection is None or not getattr(connection, "is_open", False):
+        return False
+    try:
+        connection.close()
+        return True
+    except Exception:  # noqa: BLE001 - already closed by the broker, or broken: gone either way
+        return False
 
 
 class Chapter:
@@ -69,20 +95,20 @@ class Chapter:
         admin.create_vhost(self.vhost, description=f"Curso RabbitMQ com Python: {self.name}")
         admin.set_permissions(self.broker.username, self.vhost)
 
-    def close_connections(self) -> int:
+    def close_connections(self, *connections) -> int:
+        """Close `connections` and every connection `connect()` opened that is still open; never
+        raises (see `close_quietly`). Returns how many were closed here."""
         closed = 0
-        for connection in list(self._connections):
-            if connection.is_open:
-                try:
-                    connection.close()
-                    closed += 1
-                except Exception:  # closing is best effort
-                    pass
+        for connection in [*connections, *self._connections]:
+            closed += close_quietly(connection)
         return closed
 
-    def cleanup(self, delete_vhost: bool = False) -> None:
-        """Close the connections `connect()` opened; with delete_vhost, remove the vhost too."""
-        self.close_connections()
+    def cleanup(self, *connections, delete_vhost: bool = False) -> None:
+        """End of a notebook: close `connections` (the ones it opened with
+        `pika.BlockingConnection(curso.params())`) and those `connect()` opened, then, with
+        delete_vhost, remove the vhost. Closing never fails, not even on a connection the broker has
+        already dropped (a missed heartbeat while the learner was reading), so the rest always runs."""
+        self.close_connections(*connections)
         if delete_vhost and self.owns_vhost:
             self.broker.management().delete_vhost(self.vhost)
 

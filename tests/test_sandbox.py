@@ -92,3 +92,70 @@ def test_rabbitmq_url_is_used_as_given(course_broker, monkeypatch):
 def test_bad_chapter_name(course_broker):
     with pytest.raises(CourseError, match="inválido"):
         setup("Capítulo 2!")
+
+
+def _dropped_by_broker(curso, *connections, timeout=20.0):
+    """Wait until the broker has dropped every connection of the vhost (missed heartbeats): the
+    management API no longer lists any, while each client still believes it is open."""
+    deadline = time.monotonic() + timeout
+    listed = lambda: len(curso.management.connections())  # noqa: E731 - lags one statistics interval
+    while not listed() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert listed(), "the management API should list the new connections"
+    while listed() and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not listed(), "the broker should have dropped the silent connections"
+    assert all(c.is_open for c in connections), "pika only notices a drop on its next call"
+
+
+def test_cleanup_never_fails_on_connections_the_broker_dropped(course_broker):
+    """A learner reads for a while before the last cell: the broker has dropped the connections
+    (missed heartbeats) and `close()` would raise StreamLostError. cleanup closes the notebook's own
+    connections (passed in) and connect()'s without raising, and still deletes the vhost."""
+    import pika
+
+    curso = setup("teste-queda")
+    own = pika.BlockingConnection(curso.params(heartbeat=1))  # as the notebooks open theirs
+    tracked = curso.connect(heartbeat=1)
+    bare = pika.BlockingConnection(curso.params(heartbeat=1))
+    _dropped_by_broker(curso, own, tracked, bare)
+    with pytest.raises(pika.exceptions.AMQPError):  # what a bare close() does at the end of a notebook
+        bare.close()
+    curso.cleanup(own, None, delete_vhost=True)  # never raises; None: a connection never opened
+    assert not own.is_open and not tracked.is_open
+    assert not course_broker.management().vhost_exists(curso.vhost)
+
+
+def test_cleanup_closes_the_connections_it_is_given(course_broker):
+    import pika
+
+    curso = setup("teste-fecha")
+    own = pika.BlockingConnection(curso.params())
+    curso.cleanup(own)
+    assert not own.is_open
+    curso.cleanup(own, delete_vhost=True)  # closing twice is fine too
+
+
+def test_course_connections_outlive_a_learners_pause(course_broker):
+    """The broker's own record of a notebook connection: the long heartbeat the course asks for
+    (the broker's 60 s would drop a notebook's connection after about three minutes of reading)."""
+    from course_utils.sandbox import NOTEBOOK_HEARTBEAT
+
+    curso = setup("heartbeat")
+    connection = curso.connect()
+    try:
+        record = _listed_connection(curso)
+        assert record["timeout"] == NOTEBOOK_HEARTBEAT >= 600
+        assert connection._impl.params.heartbeat == NOTEBOOK_HEARTBEAT
+    finally:
+        curso.cleanup(connection, delete_vhost=True)
+
+
+def _listed_connection(curso, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = curso.management.connections()
+        if records:
+            return records[0]
+        time.sleep(0.2)
+    raise AssertionError("the broker never listed the connection")

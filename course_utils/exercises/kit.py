@@ -31,6 +31,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from ..errors import CourseError, StrictModeError
 from ..management import ManagementError
+from ..sandbox import close_quietly  # noqa: F401 - the kit's, too: closing never raises
 from . import phrases
 
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
@@ -191,15 +192,6 @@ def learner_channel(ctx, what: str) -> Iterator[Any]:
         raise AssertionError(f"{what} falhou com {exc.__class__.__name__}: {exc}") from None
     finally:
         check.close()
-
-
-def close_quietly(connection) -> None:
-    """Close a check's connection; one a learner's call left broken mid-frame may refuse."""
-    if connection is not None and connection.is_open:
-        try:
-            connection.close()
-        except Exception:  # noqa: BLE001 - best effort, the broker drops it anyway
-            pass
 
 
 # --- preparing the broker --------------------------------------------------------------------------
