@@ -6,6 +6,8 @@
 #   make test              everything, in parallel (what CI runs); prints seconds per area at the end
 #   make test-fast         no notebooks, no extra nodes (unit tests and checks; about 2 min)
 #   make test-chapter CH=05   one chapter: notebook, solution, blank exercises, wrong answers, grading
+#   make test-browser      chapter 3 in JupyterLab in Debian's Chromium (Playwright): no errors, figures
+#                          as pictures, a live widget; screenshots in $(REPORTS)/browser/
 # Variables: PYTHON (default python3), VENV (default .venv), LAB_ARGS (extra JupyterLab flags,
 # e.g. LAB_ARGS=--no-browser), PYTEST_ARGS, WORKERS (pytest-xdist workers, default 4: the tests
 # mostly wait on the broker, so more workers than cores pays), REPORTS (default .reports).
@@ -21,13 +23,14 @@ REPORTS ?= .reports
 PYTEST := $(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup
 ROOT_FLAG := $(shell [ "$$(id -u)" = "0" ] && echo --allow-root)
 
-.PHONY: lab test test-fast test-chapter setup venv rabbitmq broker-up broker4-up exercises clean help
+.PHONY: lab test test-fast test-chapter test-browser setup venv rabbitmq chromium broker-up broker4-up exercises clean help
 
 help:
 	@echo "make lab                - prepara tudo e abre o JupyterLab em notebooks/"
 	@echo "make test               - prepara tudo e roda todos os testes"
 	@echo "make test-fast          - só os testes rápidos (sem cadernos nem nós extras)"
 	@echo "make test-chapter CH=05 - tudo de um capítulo (caderno, soluções, exercícios, correção)"
+	@echo "make test-browser       - o capítulo 3 no JupyterLab, num Chromium sem janela (figuras, widget)"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +45,11 @@ rabbitmq:
 
 setup: venv rabbitmq
 
+# Debian's Chromium for tests/test_browser.py (Playwright drives it; it never downloads a browser).
+# Where it can't be installed (not root, no apt-get), the browser test skips and says why.
+chromium:
+	@bash .ci/install-chromium.sh
+
 broker-up: setup
 	$(BIN)/curso broker up
 
@@ -54,9 +62,9 @@ broker4-up: setup
 lab: broker-up
 	$(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks $(ROOT_FLAG) $(LAB_ARGS)
 
-test: broker-up broker4-up
+test: broker-up broker4-up chromium
 	@mkdir -p $(REPORTS)
-	$(PYTEST) --junitxml=$(REPORTS)/junit.xml $(PYTEST_ARGS); status=$$?; \
+	CURSO_REPORTS=$(REPORTS) $(PYTEST) --junitxml=$(REPORTS)/junit.xml $(PYTEST_ARGS); status=$$?; \
 	  $(BIN)/python benchmarks/suite_cost.py $(REPORTS)/junit.xml || true; exit $$status
 
 test-fast: broker-up
@@ -65,6 +73,10 @@ test-fast: broker-up
 test-chapter: broker-up broker4-up
 	@test -n "$(CH)" || { echo "use: make test-chapter CH=05"; exit 2; }
 	$(PYTEST) --chapter $(CH) $(PYTEST_ARGS)
+
+test-browser: broker-up chromium
+	@mkdir -p $(REPORTS)
+	CURSO_REPORTS=$(REPORTS) $(BIN)/python -m pytest tests/test_browser.py $(PYTEST_ARGS)
 
 exercises: venv
 	$(BIN)/curso exercises build

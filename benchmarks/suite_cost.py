@@ -20,7 +20,8 @@ import xml.etree.ElementTree as ET
 from collections import defaultdict
 from pathlib import Path
 
-TOOLKIT = {"test_topology", "test_routing", "test_trace", "test_throughput", "test_monitor", "test_widgets"}
+TOOLKIT = {"test_topology", "test_routing", "test_trace", "test_throughput", "test_monitor", "test_widgets",
+           "test_browser", "test_background"}
 GRADING = {"test_grading"}
 _PARAM = re.compile(r"\[(.*)\]$")
 
