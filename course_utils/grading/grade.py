@@ -221,7 +221,10 @@ def execute(job: Job, rebuilt: Rebuilt, broker: GradingBroker, options: GradeOpt
                                            "--curso-memory-limit", str(options.memory_limit)),
                                work_dir=job_dir)
         signed, forged = parse_verdicts(verdicts.read_text(encoding="utf-8") if verdicts.exists() else "", key)
-        return score(job, rebuilt, run, {v["code_index"]: v for v in signed}, forged, options)
+        results = score(job, rebuilt, run, {v["code_index"]: v for v in signed}, forged, options)
+        for result in results:
+            result.extra["seconds"] = round(run.seconds, 2)  # the notebook's run, kernel start included
+        return results
     finally:
         try:
             broker.drop(space)
