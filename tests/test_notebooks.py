@@ -5,7 +5,9 @@ broker versions: the default course broker (RabbitMQ 3.10 on Debian 12) and the 
 A lesson (notebooks/, docs/) runs first on 3.10, then again from the top on 4.x, and both runs must
 give the same result: the second run proves that running a notebook again starts clean (the
 sandbox recreates its vhost; whatever lives outside it, throwaway nodes, folders, processes, is on
-the same machine for both runs) and that the lesson holds on 4.x. A solution notebook runs here on
+the same machine for both runs) and that the lesson holds on 4.x. For chapters 3 and 5 the second
+run is the learner's: cell by cell with pauses, under nbclient (tests/learner_run.py), where time
+between cells changes what happens. A solution notebook runs here on
 4.x, as a learner runs it; on 3.10 it runs under `curso grade` (tests/test_grading.py grades every
 chapter's solutions on a 3.10 grading node and wants full marks), so it is not run a third time.
 Under the suite each notebook gets vhosts of its own (CURSO_VHOST_SUFFIX, conftest)."""
@@ -18,6 +20,7 @@ import nbformat
 import pytest
 
 from course_utils.nbrun import run_notebook
+from learner_run import CHAPTERS as PAUSED, run_like_a_learner
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSONS = sorted([*ROOT.glob("notebooks/*.ipynb"), *ROOT.glob("docs/*.ipynb")])
@@ -45,9 +48,15 @@ def _expect_clean(run, path: Path, where: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", [_param(p) for p in LESSONS])
-def test_lesson_runs_on_310_then_again_on_4x(course_broker, course_broker4, path):
+def test_lesson_runs_on_310_then_again_on_4x(course_broker, course_broker4, path, tmp_path, monkeypatch):
     first = _run(path, "")
     _expect_clean(first, path, f"RabbitMQ {course_broker.management().version()}")
+    if str(path.relative_to(ROOT)) in PAUSED:
+        monkeypatch.setenv("CURSO_BROKER", "4")
+        problems, seconds = run_like_a_learner(path, tmp_path, monkeypatch)
+        assert not problems, (f"{path.name} on RabbitMQ {course_broker4.management().version()}, second run, "
+                              f"cell by cell with pauses ({seconds:.0f} s):\n" + "\n".join(problems))
+        return
     second = _run(path, "4")
     _expect_clean(second, path, f"RabbitMQ {course_broker4.management().version()} (second run)")
     assert second.statuses() == first.statuses(), f"{path.name}: the second run differs: {second.statuses()}"

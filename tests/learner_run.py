@@ -11,9 +11,10 @@ and the outputs are checked: no cell fails, no cell ends on a bare number (`chan
 printing its `0`), no temporary folder is left behind, and the lines `EXPECT` names say what the
 lesson says.
 
-Only chapters 3 and 5: chapters 1, 2 and 4 hold no short-heartbeat connection and no timed claim
-across cells, so a paused run of each (20-40 s) would pay for nothing the nbval run doesn't show.
-One broker (3.10): what is checked here does not depend on the version, and the nbval runs cover 4.x.
+Only chapters 3 and 5 (`CHAPTERS`): chapters 1, 2 and 4 hold no short-heartbeat connection and no
+timed claim across cells, so a paused run of each (20-40 s) would pay for nothing the nbval run
+doesn't show. For those two, tests/test_notebooks.py makes this the lesson's second run, on 4.x
+(after the nbval run on 3.10), so that the paused run costs no extra run of the notebook.
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ import time
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
@@ -69,11 +69,6 @@ EXPECT = {
 CHAPTERS = ["notebooks/03_trocas_e_filas.ipynb", "notebooks/05_consumidores.ipynb"]
 
 
-def _param(relative: str):
-    path = ROOT / relative
-    return pytest.param(path, id=relative, marks=[pytest.mark.chapter(path.name[:2])])
-
-
 def _text(cell) -> str:
     parts = []
     for output in cell.get("outputs", []):
@@ -97,11 +92,10 @@ def _bare_number(cell) -> str | None:
     return None
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("path", [_param(p) for p in CHAPTERS])
-def test_lesson_runs_cell_by_cell_with_pauses(course_broker, path, tmp_path, monkeypatch):
+def run_like_a_learner(path: Path, tmp_path: Path, monkeypatch) -> tuple[list[str], float]:
+    """Run `path` cell by cell with the learner's pauses, in a kernel that inherits this process's
+    environment (CURSO_BROKER included); (what went wrong, seconds)."""
     monkeypatch.delenv("RABBITMQ_URL", raising=False)
-    monkeypatch.delenv("CURSO_BROKER", raising=False)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     kernel_tmp = tmp_path / "tmp"  # the kernel's temporary folders, to see what it leaves behind
     kernel_tmp.mkdir()
@@ -149,5 +143,4 @@ def test_lesson_runs_cell_by_cell_with_pauses(course_broker, path, tmp_path, mon
     left = sorted(p.name for p in kernel_tmp.iterdir() if p.name.startswith("curso-"))
     if left:
         problems.append(f"temporary folders left behind: {left}")
-    assert not problems, f"{path.name}, run cell by cell with pauses ({seconds:.0f} s):\n" + "\n".join(problems)
-    print(f"{path.name}: {seconds:.1f} s cell by cell")
+    return problems, seconds
