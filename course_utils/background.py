@@ -374,10 +374,17 @@ class Background:
             raise CourseError("Background precisa do sandbox do capítulo: Background(curso).")
         self.url = url or curso.url
         self.workers: dict[str, Worker] = {}
-        self.folder = Path(tempfile.mkdtemp(prefix="curso-bg-"))
-        self._finalizer = weakref.finalize(self, _finalize, self.workers, self.folder)
+        self._folder: list[Path] = []  # created on first use (a check that only runs threads needs none)
+        self._finalizer = weakref.finalize(self, _finalize, self.workers, self._folder)
         if curso is not None:
             _register_cleanup(curso, self)
+
+    @property
+    def folder(self) -> Path:
+        """The scratch folder where scripts are written and processes run (created on first use)."""
+        if not self._folder:
+            self._folder.append(_scratch_folder())
+        return self._folder[0]
 
     # files --------------------------------------------------------------------------------
     def write(self, filename: str, code: str) -> Path:
@@ -484,16 +491,40 @@ def _stop_workers(workers: list[Worker], timeout: float) -> list[str]:
     return report
 
 
-def _finalize(workers: dict[str, Worker], folder: Path) -> None:
+SCRATCH = Path(tempfile.gettempdir()) / "curso-background"
+
+
+def _scratch_folder() -> Path:
+    """A new folder under SCRATCH named after this process (`<pid>-xxxx`). A kernel that is killed
+    cannot remove its folders, so the ones of processes that no longer exist are removed here."""
+    SCRATCH.mkdir(parents=True, exist_ok=True)
+    for old in SCRATCH.iterdir():
+        pid = old.name.split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_exists(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=SCRATCH))
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _finalize(workers: dict[str, Worker], folder: list[Path]) -> None:
     try:
         _stop_workers(list(workers.values()), 2)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        for path in folder:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _register_cleanup(curso, bg: Background) -> None:
-    """Make `curso.cleanup()` stop bg's workers: through the sandbox's public hook when it has one
-    (`curso.on_cleanup(fn)`), otherwise by wrapping this one sandbox object's cleanup method."""
+    """Make `curso.cleanup()` stop bg's workers, through the sandbox's public hook."""
     ref = weakref.ref(bg)
 
     def stop() -> None:
@@ -501,23 +532,7 @@ def _register_cleanup(curso, bg: Background) -> None:
         if target is not None:
             target.stop_all()
 
-    hook = getattr(curso, "on_cleanup", None)
-    if callable(hook):
-        hook(stop)
-        return
-    hooks = getattr(curso, "_background_stops", None)
-    if hooks is None:
-        hooks = curso._background_stops = []
-        original = curso.cleanup
-
-        def cleanup(*args, **kwargs):
-            for fn in list(hooks):
-                fn()
-            return original(*args, **kwargs)
-
-        cleanup.__doc__ = original.__doc__
-        curso.cleanup = cleanup
-    hooks.append(stop)
+    curso.on_cleanup(stop)
 
 
 __all__ = ["Background", "Worker", "ProcessWorker", "ThreadWorker"]

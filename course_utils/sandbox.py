@@ -66,6 +66,7 @@ class Chapter:
         self.owns_vhost = owns_vhost
         self.management: Management = broker.management(vhost)
         self._connections: "weakref.WeakSet[pika.BlockingConnection]" = weakref.WeakSet()
+        self._cleanup_hooks: list = []
 
     def __repr__(self) -> str:
         return f"<Chapter {self.name!r} vhost={self.vhost!r} broker={self.broker.kind}>"
@@ -103,11 +104,20 @@ class Chapter:
             closed += close_quietly(connection)
         return closed
 
+    def on_cleanup(self, fn) -> None:
+        """Call `fn()` first in every `cleanup()` (course_utils.background registers its stop_all)."""
+        self._cleanup_hooks.append(fn)
+
     def cleanup(self, *connections, delete_vhost: bool = False) -> None:
         """End of a notebook: close `connections` (the ones it opened with
         `pika.BlockingConnection(curso.params())`) and those `connect()` opened, then, with
         delete_vhost, remove the vhost. Closing never fails, not even on a connection the broker has
         already dropped (a missed heartbeat while the learner was reading), so the rest always runs."""
+        for fn in list(self._cleanup_hooks):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a clean-up step never stops the rest
+                pass
         self.close_connections(*connections)
         if delete_vhost and self.owns_vhost:
             self.broker.management().delete_vhost(self.vhost)

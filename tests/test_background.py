@@ -109,6 +109,18 @@ def test_environment_and_scratch_folder(curso):
         bg.stop_all(quiet=True)
 
 
+def test_scratch_folders_of_dead_processes_are_removed(curso):
+    from course_utils.background import SCRATCH
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = SCRATCH / f"{int(dead.stdout)}-velha"
+    stale.mkdir(parents=True, exist_ok=True)
+    bg = Background(curso)
+    assert bg.folder.parent == SCRATCH and bg.folder.name.startswith(f"{os.getpid()}-")
+    assert not stale.exists()
+    bg.stop_all(quiet=True)
+
+
 def test_stop_of_a_process_that_ignores_sigterm(curso):
     bg = Background(curso)
     try:
