@@ -28,6 +28,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import re
+import sys
 import threading
 import time
 import uuid
@@ -39,6 +42,9 @@ import pika.channel
 import pika.exceptions
 import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
+from pika.adapters.select_connection import IOLoop
+
+_PIKA_DIR = os.path.dirname(pika.__file__)
 
 from .. import kit, phrases
 from ..checks import CheckContext, Exercise, close_quietly, expect
@@ -53,13 +59,48 @@ AMQP_ADVICE = {
                          "argumentos — só na função que monta a topologia."),
     "unknown delivery tag": ("Cada entrega só pode ser confirmada ou recusada uma vez, e pelo mesmo canal que a "
                              "entregou (a delivery tag só existe nele)."),
-    "NOT_FOUND": "Publicou ou consumiu numa fila ou exchange que não existe (404): confira os nomes.",
 }
 
+# the channel methods whose last call names the operation a 404 closed the channel on
+RECORDED = ("exchange_declare", "queue_declare", "queue_bind", "exchange_bind", "queue_unbind", "basic_publish",
+            "basic_consume", "consume", "basic_get", "queue_purge")
+_MISSING = re.compile(r"no (exchange|queue) '([^']*)'")
 
-def _amqp_advice(exc: BaseException) -> str | None:
-    """The chapter's extra sentence for an AMQP error that escaped the learner's code."""
+
+def _operation(call: tuple[str, dict]) -> str:
+    """("queue_bind", {...}) -> "channel.queue_bind(queue='a', exchange='b', routing_key='c')"."""
+    method, arguments = call
+    shown = ", ".join(f"{k}={arguments[k]!r}" for k in ("queue", "exchange", "source", "destination", "routing_key")
+                      if arguments.get(k) not in (None, "") or (k == "exchange" and method == "basic_publish"))
+    return f"channel.{method}({shown})"
+
+
+def _not_found(text: str, calls: list | None) -> str:
+    """A 404: which exchange or queue was missing, the operation that used it (when recorded) and the
+    common cause — right names, wrong order."""
+    found = _MISSING.search(text)
+    if found is None:
+        return ("O broker não encontrou uma fila ou exchange (404 NOT_FOUND): confira os nomes, e a ordem — cada "
+                "uma precisa ser declarada antes de ser usada.")
+    kind, name = found.groups()
+    what = f"a exchange '{name}'" if kind == "exchange" else f"a fila '{name}'"
+    keys = ("exchange", "source", "destination") if kind == "exchange" else ("queue", "destination")
+    last = calls[-1] if calls else None
+    used = last is not None and any(last[1].get(k) == name for k in keys)
+    where = f"{_operation(last)} falhou" if used else "O broker fechou o canal"
+    order = ("declare a exchange (channel.exchange_declare) antes de ligar filas a ela (queue_bind) ou publicar "
+             "nela" if kind == "exchange" else
+             "declare a fila (channel.queue_declare) antes de ligá-la (queue_bind), consumi-la ou publicar nela")
+    return (f"{where}: {what} não existia naquele momento (404). Se o nome está certo, o que falta é a ordem: {order}. "
+            f"Um queue_bind antes da declaração da exchange é a causa mais comum.")
+
+
+def _amqp_advice(exc: BaseException, calls: list | None = None) -> str | None:
+    """The chapter's extra sentence for an AMQP error that escaped the learner's code; `calls`
+    (kit.record_calls on the handed channel) names the operation a 404 came from."""
     text = f"{getattr(exc, 'reply_text', '')} {exc}"
+    if "NOT_FOUND" in text:
+        return _not_found(text, calls)
     return next((sentence for needle, sentence in AMQP_ADVICE.items() if needle in text), None)
 
 
@@ -115,7 +156,7 @@ class _Publishes:
         def basic_publish(channel, exchange, routing_key, body, properties=None, mandatory=False):
             record = {"exchange": exchange, "routing_key": routing_key, "body": body,
                       "properties": properties, "confirming": id(channel) in log.confirming,
-                      "thread": threading.current_thread()}
+                      "channel": channel, "thread": threading.current_thread()}
             try:
                 return publish(channel, exchange, routing_key, body, properties, mandatory)
             finally:
@@ -283,7 +324,8 @@ class Retentativas(Exercise):
     def run(self, ctx: CheckContext) -> None:
         kit.reset_topology(ctx, queues=[self.queue, self.wait_queue, self.failed_queue])
         with kit.learner_channel(ctx, "declarar_retentativas(channel)") as channel:
-            ctx.call("declarar_retentativas", channel, advice=_amqp_advice)
+            calls = kit.record_calls(channel, *RECORDED)
+            ctx.call("declarar_retentativas", channel, advice=lambda exc: _amqp_advice(exc, calls))
         self._expect_topology(ctx)
 
         enviar = _Enviar(self.plan)
@@ -325,7 +367,7 @@ class Retentativas(Exercise):
                f"envenenada. Para esperar, publique uma cópia em '{self.wait_queue}' (o TTL a devolve depois de "
                f"{self.ttl} ms) e confirme a original com basic_ack.")
         self._expect_attempts(enviar, publishes)
-        self._expect_copies(enviar, publishes, watch)
+        self._expect_copies(enviar, publishes, watch, channel)
         expect(counts is None or counts[1] == 0,
                f"Depois que consumir_emails() voltou, o consumidor continuava registrado na fila '{self.queue}' (o "
                f"broker mostrava {counts and counts[1]} consumidor): o broker continua entregando mensagens a ele, que "
@@ -386,11 +428,27 @@ class Retentativas(Exercise):
             expect(False, f"{body!r} foi tentado de novo {_seconds(gap)} s depois da falha; a espera é de "
                           f"{self.ttl} ms.{how} Publique a cópia em '{self.wait_queue}' (routing_key="
                           f"'{self.wait_queue}' na exchange padrão) e deixe o TTL devolvê-la.")
+        # the check's own publishes to the work queue were made before the call: these are the learner's
+        direct = publishes.to(self.queue)
+        expect(not direct,
+               f"As cópias de {_show(sorted({_text(r['body']) for r in direct}))} foram publicadas direto em "
+               f"'{self.queue}' (routing_key='{self.queue}'), sem passar pela fila de espera '{self.wait_queue}'. A "
+               f"espera é o TTL de '{self.wait_queue}' ({self.ttl} ms), que devolve a cópia para '{self.queue}' sem "
+               f"prender o consumidor — esperar no consumidor (time.sleep) para todos os outros e-mails enquanto "
+               f"isso. Publique a cópia em '{self.wait_queue}' (ou em '{self.failed_queue}' na "
+               f"{self.max_attempts}ª falha).")
 
-    def _expect_copies(self, enviar: _Enviar, publishes: _Publishes, watch: PikaWatch) -> None:
+    def _expect_copies(self, enviar: _Enviar, publishes: _Publishes, watch: PikaWatch, channel) -> None:
         copies = publishes.to(self.wait_queue) + publishes.to(self.failed_queue)
         if not copies:
             return  # published some other way: the broker side judges where the e-mails ended
+        elsewhere = next((r for r in copies if r["channel"] is not channel), None)
+        expect(elsewhere is None,
+               f"A cópia de {_text(elsewhere and elsewhere['body'])!r} foi publicada em "
+               f"'{elsewhere and elsewhere['routing_key']}' por outro canal (não pelo `channel` que consumir_emails "
+               f"recebeu): o enunciado pede a cópia pelo mesmo `channel`, o que consome e confirma a original — nele "
+               f"as confirmações ficam ligadas uma vez, e a função não deixa um canal seu aberto depois de voltar. "
+               f"Publique com channel.basic_publish(...).")
         for r in copies:
             body = _text(r["body"])
             expect(kit.persistent_properties(r["properties"]),
@@ -398,8 +456,8 @@ class Retentativas(Exercise):
                    f"(e a original já foi confirmada). {phrases.PERSISTENT}, com headers.")
             expect(r["confirming"],
                    f"A cópia de {body!r} foi publicada num canal sem confirmações: se o broker cair antes de gravá-la, "
-                   f"ela se perde — e a original já foi confirmada. Chame channel.confirm_delivery() uma vez, antes "
-                   f"de consumir: então basic_publish só volta quando o broker tem a cópia, e o basic_ack da original "
+                   f"ela se perde — e a original já foi confirmada. Chame channel.confirm_delivery() antes da "
+                   f"primeira cópia (logo antes de consumir): então basic_publish só volta quando o broker tem a cópia, e o basic_ack da original "
                    f"vem depois.")
         for body in self.plan:
             sent = [r for r in copies if _text(r["body"]) == body]
@@ -499,6 +557,8 @@ class _Confirms:
         self.peak = 0
         self.blocking = False
         self.selects: list = []  # every SelectConnection created in the block
+        self.timers: list[tuple[float, Any]] = []  # (delay, callback) of the learner's own ioloop.call_later
+        self.answered_at: float | None = None  # when the last publish awaiting its confirm got it
         self._saved: dict[str, Any] = {}
 
     def __enter__(self) -> "_Confirms":
@@ -518,6 +578,8 @@ class _Confirms:
                     state["open"] -= {t for t in state["open"] if t <= method.delivery_tag}
                 else:
                     state["open"].discard(method.delivery_tag)
+                if not any(s["open"] for s in log.channels.values()):
+                    log.answered_at = time.monotonic()
                 return ack_nack_callback(frame)
 
             return confirm(channel, on_frame, callback)
@@ -553,6 +615,17 @@ class _Confirms:
             return select_init(connection, *args, **kwargs)
 
         pika.SelectConnection.__init__ = recording_init
+        self._call_later = IOLoop.__dict__["call_later"]
+        call_later = self._call_later
+
+        @functools.wraps(call_later)
+        def recording_call_later(ioloop, delay, callback):
+            # pika schedules timers of its own (heartbeats, timeouts): keep only the learner's
+            if not sys._getframe(1).f_code.co_filename.startswith(_PIKA_DIR):
+                log.timers.append((delay, callback))
+            return call_later(ioloop, delay, callback)
+
+        IOLoop.call_later = recording_call_later
         return self
 
     def __exit__(self, *exc) -> None:
@@ -560,6 +633,28 @@ class _Confirms:
             setattr(pika.channel.Channel, name, original)
         pika.BlockingConnection.__init__ = self._blocking_init
         pika.SelectConnection.__init__ = self._select_init
+        IOLoop.call_later = self._call_later
+
+    def deadline_closes(self, callback) -> bool:
+        """Whether the learner's deadline callback closes its connection when that is still open:
+        run once the call is over, with each SelectConnection shown as open and its close() only
+        recorded (nothing reaches the socket, long closed by then)."""
+        closed: list = []
+        if getattr(callback, "__name__", "") == "close" and getattr(callback, "__self__", None) in self.selects:
+            return True  # call_later(3, connection.close)
+        saved = [(c, c.connection_state) for c in self.selects]
+        for c in self.selects:
+            c.close = lambda *a, _c=c, **k: closed.append(_c)
+            c.connection_state = c.CONNECTION_OPEN
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - whatever else it touches is closed by now
+            pass
+        finally:
+            for c, state in saved:
+                del c.close
+                c.connection_state = state
+        return bool(closed)
 
     def left_open(self) -> list:
         """The SelectConnections created in the block that are not closed (exact, kernel side)."""
@@ -614,6 +709,8 @@ class ConfirmacoesAssincronas(Exercise):
     limit = 40
     count = 120
     call_timeout = 5.0  # a right answer needs well under a second; the statement's own limit is 3 s
+    deadline = 3  # the statement's connection.ioloop.call_later(3, ...)
+    close_lag = 0.5  # s from the broker's last answer to the return: closing when nothing is pending is at once
 
     @property
     def bodies(self) -> list[str]:
@@ -645,6 +742,7 @@ class ConfirmacoesAssincronas(Exercise):
             with confirms:
                 result = kit.call(ctx, "publicar_notas", params, self.queue, list(corpos), advice=_amqp_advice,
                                   on_timeout=lambda: self._on_timeout(confirms), timeout=self.call_timeout)
+                returned = time.monotonic()
         except AssertionError:
             timed_out = ctx.timed_out
             raise
@@ -720,6 +818,25 @@ class ConfirmacoesAssincronas(Exercise):
         expect(not left, "publicar_notas() voltou com a conexão ainda aberta. Feche-a com "
                          "connection.close() quando a última resposta chegar, e pare o ioloop no on_close_callback "
                          "(connection.ioloop.stop()).")
+        lag = returned - (confirms.answered_at or returned)
+        expect(lag < self.close_lag,
+               f"O broker respondeu pela última nota, e publicar_notas() só voltou {_seconds(lag)} s depois: quem "
+               f"fechou a conexão foi o prazo, não o fim das pendentes. Feche a conexão assim que não houver mais "
+               f"pendentes (no ack_nack_callback, depois de tirar as tags respondidas: if not pendentes: "
+               f"connection.close()); o prazo é só para o caso de o broker não responder.")
+        expect(confirms.timers,
+               "publicar_notas() não pôs um prazo: se o broker não responder por alguma nota, o ioloop roda para "
+               "sempre e a função nunca volta. Antes de connection.ioloop.start(), agende "
+               "connection.ioloop.call_later(3, prazo_esgotado), com uma função prazo_esgotado que fecha a conexão "
+               "se ela ainda estiver aberta.")
+        delays = [d for d, _ in confirms.timers]
+        expect(any(d == self.deadline for d in delays),
+               f"publicar_notas() agendou connection.ioloop.call_later com {', '.join(f'{d!r} s' for d in delays)}; "
+               f"o enunciado pede um prazo de {self.deadline} s: connection.ioloop.call_later({self.deadline}, ...).")
+        expect(any(confirms.deadline_closes(cb) for d, cb in confirms.timers if d == self.deadline),
+               f"O prazo de publicar_notas() (connection.ioloop.call_later({self.deadline}, ...)) não fecha a conexão: "
+               f"quando ele vence, a conexão ainda está aberta e o ioloop continua rodando. A função agendada deve "
+               f"fechá-la: if connection.is_open: connection.close() (e o on_close_callback para o ioloop).")
 
     def _on_timeout(self, confirms: _Confirms) -> str:
         published, frames = confirms.published(), confirms.frames()
@@ -779,6 +896,52 @@ def _pagamento(cliente: str, valor: int) -> str:
     return json.dumps({"cliente": cliente, "valor": valor}, ensure_ascii=False)
 
 
+class _LatePublisher(threading.Thread):
+    """Publishes `messages` ((message_id, body), persistent) to `queue` `at` seconds into the learner's
+    call, from a connection of its own made in this thread; once the call is over, whatever is still
+    due is published at once (the verdict no longer depends on the timing)."""
+
+    def __init__(self, ctx: CheckContext, queue: str, at: float, messages):
+        super().__init__(name="curso-publicador-atrasado", daemon=True)
+        self.ctx, self.queue, self.at, self.messages = ctx, queue, at, list(messages)
+        self.ready, self.go, self.now = threading.Event(), threading.Event(), threading.Event()
+        self.published = 0
+        self.published_at: float | None = None
+
+    def run(self) -> None:
+        try:
+            with self.ctx.curso.connect() as connection:
+                channel = connection.channel()
+                channel.confirm_delivery()
+                self.ready.set()
+                self.go.wait(timeout=60)
+                self.now.wait(timeout=self.at)
+                for message_id, body in self.messages:
+                    _publish(channel, self.queue, body, message_id=message_id)
+                    self.published += 1
+                self.published_at = time.monotonic()
+        except Exception:  # noqa: BLE001 - then __exit__ publishes the rest itself
+            pass
+        finally:
+            self.ready.set()
+
+    def __enter__(self) -> "_LatePublisher":
+        self.start()
+        self.ready.wait(timeout=10)
+        self.go.set()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.now.set()
+        self.join(timeout=10)
+        rest = self.messages[self.published:]
+        if rest:
+            with self.ctx.curso.connect() as connection:
+                channel = connection.channel()
+                for message_id, body in rest:
+                    _publish(channel, self.queue, body, message_id=message_id)
+
+
 class SemDuplicar(Exercise):
     id = "7.3"
     title = "consumir_pagamentos() cobra cada message_id uma vez só, com duplicatas e reentregas, e confirma tudo."
@@ -793,10 +956,14 @@ class SemDuplicar(Exercise):
     # the producer published pg-001 twice (it did not see the first confirm), and pg-002 twice
     later = [("pg-001", ANA), ("pg-002", BRUNO), ("pg-001", ANA), ("pg-003", ANA), ("pg-005", ELISA),
              ("pg-002", BRUNO)]
+    # published `late_at` s into the call: a consumer that stops before ~1 s of silence misses it
+    FABIO = _pagamento("Fábio", 20)
+    late = [("pg-007", FABIO)]
+    late_at = 0.3
 
     @property
     def messages(self) -> list[tuple[str, str]]:
-        return self.crashed + self.later
+        return self.crashed + self.later + self.late
 
     @property
     def deliveries(self) -> int:
@@ -837,8 +1004,10 @@ class SemDuplicar(Exercise):
             crash.close()
             self._publish(channel, self.later)
             closes = kit.record_calls(channel, "close")
-            _call_watched(ctx, watch, None, "consumir_pagamentos", channel, self.queue, cobrar, processados,
-                          advice=_amqp_advice, on_timeout=lambda: self._on_timeout(watch), timeout=self.call_timeout)
+            with _LatePublisher(ctx, self.queue, self.late_at, self.late):
+                _call_watched(ctx, watch, None, "consumir_pagamentos", channel, self.queue, cobrar, processados,
+                              advice=_amqp_advice, on_timeout=lambda: self._on_timeout(watch),
+                              timeout=self.call_timeout)
             channel_hint = _handed_channel_hint("consumir_pagamentos", channel, closes)
             counts = kit.exact_counts(ctx, self.queue)  # still open: a consumer left registered shows
         finally:
@@ -849,13 +1018,30 @@ class SemDuplicar(Exercise):
         expect(channel_hint is None, channel_hint)
         expect(watch.consumers, f"consumir_pagamentos() não consumiu a fila '{self.queue}': registre um consumidor no "
                                 f"channel que recebeu (channel.consume(fila, inactivity_timeout=1), ou basic_consume).")
+        expect(any(how != "basic_get" for how, _ in watch.consumers),
+               f"consumir_pagamentos() buscou as mensagens uma a uma com basic_get, sem registrar um consumidor: o "
+               f"enunciado pede um consumidor — o broker empurra as mensagens para ele, sem uma ida e volta por "
+               f"mensagem, e ele espera as que chegam depois. Consuma com channel.consume(fila, auto_ack=False, "
+               f"inactivity_timeout=1) e, no fim, channel.cancel().")
         expect(not watch.auto_ack(),
                f"consumir_pagamentos() consumiu com auto_ack=True: o broker apaga cada pagamento ao entregá-lo, e um "
                f"consumidor que cai depois de cobrar e antes de terminar o perde. {phrases.MANUAL_ACK}")
         expect(not cobrar.not_text, f"cobrar recebeu {type(cobrar.not_text[0]).__name__ if cobrar.not_text else ''}; "
                                     f"ela recebe o corpo como texto (str): use body.decode().")
+        late = [b for _, b in self.late if b.encode() not in set(watch.deliveries.values())]
+        expect(not late,
+               f"O pagamento {', '.join(m for m, _ in self.late)} ({_show(late)}), publicado {_seconds(self.late_at)} s "
+               f"depois de consumir_pagamentos() começar, nunca foi entregue a ela: a função parou de consumir cedo "
+               f"demais. Pare só depois de 1 s sem mensagens novas: channel.consume(fila, auto_ack=False, "
+               f"inactivity_timeout=1), e saia do laço no primeiro (None, None, None).")
         expected, got = self.charges, cobrar.charges
         expect(got, "cobrar nunca foi chamada: para cada pagamento novo, chame cobrar(corpo).")
+        added = set(processados) - self.already
+        expect(added or got[self.CARLA] or not any(n > 1 for n in got.values()),
+               f"consumir_pagamentos() consulta `processados`, mas nunca acrescenta nada a ele (depois da chamada, "
+               f"ele só tem {sorted(self.already)}, o que já estava lá): por isso a segunda cópia de um pagamento é "
+               f"cobrada de novo. Depois de cobrar, acrescente o identificador: "
+               f"processados.add(properties.message_id).")
         bruno = got[self.BRUNO]
         expect(bruno <= 1,
                f"O pagamento pg-002 ({self.BRUNO}) chegou duas vezes e foi cobrado {bruno} vezes: o produtor publicou "
@@ -970,7 +1156,8 @@ class Quarentena(Exercise):
         kit.reset_topology(ctx, exchanges=[self.exchange, self.dlx, self.unroutable],
                            queues=[self.queue, self.quarantine, self.unroutable])
         with kit.learner_channel(ctx, "declarar_quarentena(channel)") as channel:
-            ctx.call("declarar_quarentena", channel, advice=_amqp_advice)
+            calls = kit.record_calls(channel, *RECORDED)
+            ctx.call("declarar_quarentena", channel, advice=lambda exc: _amqp_advice(exc, calls))
 
     # definitions ----------------------------------------------------------------------------------
     def _expect_exchange(self, ctx: CheckContext, name: str, kind: str) -> dict:
