@@ -18,6 +18,7 @@ import platform
 import shutil
 import subprocess
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
@@ -80,10 +81,10 @@ def _node(version: str) -> NativeNode:
     return course_node4() if version == "4" else course_node()
 
 
-def _local_broker(kind: str, started_here: bool = False, version: str = "") -> "Broker":
+def _local_broker(kind: str, started_here: bool = False, version: str = "", started_now: bool = False) -> "Broker":
     ports = _ports(version)
     return Broker(kind, HOST, ports.amqp, "guest", "guest",
-                  f"http://{HOST}:{ports.management}", started_here=started_here)
+                  f"http://{HOST}:{ports.management}", started_here=started_here, started_now=started_now)
 
 
 @dataclass
@@ -97,8 +98,9 @@ class Broker:
     password: str
     management_url: str
     vhost: str | None = None  # the vhost RABBITMQ_URL names; None: the sandbox picks one
-    started_here: bool = False
+    started_here: bool = False  # started by the course (`curso broker down` may stop it)
     tls: bool = False
+    started_now: bool = False  # started by this very call (it was not answering before)
 
     def amqp_url(self, vhost: str | None = None) -> str:
         scheme = "amqps" if self.tls else "amqp"
@@ -218,7 +220,7 @@ def _start_docker(timeout: float) -> Broker:
     except BrokerStartError as exc:
         logs = subprocess.run(["docker", "logs", "--tail", "25", DOCKER_CONTAINER], capture_output=True, text=True, timeout=30)
         raise BrokerStartError(f"{exc}\nFim do log do contêiner:\n{logs.stdout}{logs.stderr}") from exc
-    return _local_broker("docker", started_here=True)
+    return _local_broker("docker", started_here=True, started_now=True)
 
 
 def install_hint() -> str:
@@ -245,7 +247,7 @@ def ensure_broker(timeout: float = 60.0, refresh: bool = False, versao: str | No
     key = (os.environ.get("RABBITMQ_URL"), wanted_version(versao))
     if _cached is not None and not refresh and _cached[0] == key:
         if amqp_answers(_cached[1].host, _cached[1].port, timeout=1):
-            return _cached[1]
+            return dataclasses.replace(_cached[1], started_now=False)  # up already: not started by this call
     broker = _discover(timeout, key[1])
     _cached = (key, broker)
     return broker
@@ -282,7 +284,7 @@ def _discover(timeout: float, version: str = "") -> Broker:
         node = course_node4()
         node.start(timeout)
         _write_marker("rabbit4", version, pid=node.pid(), node=node.node_name)
-        return _local_broker("rabbit4", started_here=True, version=version)
+        return _local_broker("rabbit4", started_here=True, version=version, started_now=True)
 
     if _docker_available():
         return _start_docker(timeout)
@@ -291,7 +293,7 @@ def _discover(timeout: float, version: str = "") -> Broker:
         node = course_node()
         node.start(timeout)
         _write_marker("native", pid=node.pid(), node=node.node_name)
-        return _local_broker("native", started_here=True)
+        return _local_broker("native", started_here=True, started_now=True)
 
     raise BrokerNotFound(install_hint())
 

@@ -14,7 +14,7 @@ def _broker(args: argparse.Namespace) -> int:
     versao = args.versao
     if args.action == "up":
         b = broker.ensure_broker(timeout=args.timeout, versao=versao)
-        origin = "iniciado agora" if b.started_here else "já estava no ar"
+        origin = "iniciado agora" if b.started_now else "já estava no ar"
         print(f"Broker {b.kind} ({origin}): {b.display_url()}  gerenciamento: {b.management_url}")
         if broker.wanted_version(versao) == "4" and not os.environ.get("RABBITMQ_URL"):
             print("Para os notebooks usarem este broker: export CURSO_BROKER=4")

@@ -65,6 +65,9 @@ def test_without_docker_a_native_node_starts_and_down_stops_it(elsewhere, monkey
     monkeypatch.setattr(b, "_docker_available", lambda: False)
     found = b.ensure_broker(timeout=60)
     assert (found.kind, found.started_here, found.port) == ("native", True, elsewhere.amqp)
+    assert found.started_now
+    again = b.ensure_broker(timeout=60)  # answering now: started by the course, but not by this call
+    assert again.started_here and not again.started_now
     assert b.broker_status()["versao"]
     assert "parado" in b.stop_broker()
     assert amqp_answers("localhost", elsewhere.amqp) is None

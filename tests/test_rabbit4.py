@@ -563,6 +563,9 @@ def test_cli_up_status_down_versao_4(course4_elsewhere, capsys, monkeypatch):
     assert cli.main(["broker", "up", "--versao", "4"]) == 0
     out = capsys.readouterr().out
     assert f":{course4_elsewhere.amqp}/" in out and "rabbit4" in out and "CURSO_BROKER=4" in out
+    assert "iniciado agora" in out
+    assert cli.main(["broker", "up", "--versao", "4"]) == 0  # again: it was already up
+    assert "já estava no ar" in capsys.readouterr().out
     monkeypatch.setenv("CURSO_BROKER", "4")  # the env var alone selects it too
     assert cli.main(["broker", "status"]) == 0
     status = capsys.readouterr().out
