@@ -403,6 +403,24 @@ def watch_connections() -> Iterator[OpenedConnections]:
         _LEFT_OPEN.extend(found)
 
 
+def handed_channel_hint(name: str, channel, closes: list, why_closed: str) -> str | None:
+    """Why the channel a check handed to the learner's function `name` is no longer open, or None.
+
+    `closes` records the learner's channel.close() calls (`record_calls(channel, "close")`);
+    `why_closed` is the chapter's sentence on what makes the broker close a channel."""
+    if channel.is_open:
+        return None
+    stop = ("Para parar de consumir, cancele o consumidor (channel.basic_cancel(tag), ou channel.cancel() "
+            "depois de channel.consume(...)) e volte, sem fechar nada.")
+    if not is_open(channel.connection):
+        return (f"Depois que `{name}` voltou, a conexão do canal que ela recebeu estava fechada: uma função não "
+                f"fecha a conexão nem o canal que não abriu — quem os passou ainda vai usá-los. {stop}")
+    if closes:
+        return (f"`{name}` fechou o canal que recebeu (channel.close()): uma função não fecha um canal que não "
+                f"abriu — quem o passou ainda vai usá-lo. {stop}")
+    return f"Depois que `{name}` voltou, o canal que ela recebeu estava fechado. {why_closed}"
+
+
 def record_calls(channel, *methods: str) -> list[tuple[str, dict]]:
     """Record each call of the channel's `methods` as (method, its arguments with the defaults
     filled in); only the instance's methods are wrapped, the calls go through unchanged."""

@@ -137,22 +137,6 @@ def _show(bodies) -> str:
     return ", ".join(repr(b.decode("utf-8", "replace") if isinstance(b, bytes) else b) for b in bodies)
 
 
-def _handed_channel_hint(name: str, channel, closes: list) -> str | None:
-    """Why the channel the check handed to the learner's function is no longer open, or None.
-    `closes` records the learner's channel.close() calls (kit.record_calls(channel, "close"))."""
-    if channel.is_open:
-        return None
-    stop = ("Para parar de consumir, cancele o consumidor (channel.basic_cancel(tag), ou channel.cancel() "
-            "depois de channel.consume(...)) e volte, sem fechar nada.")
-    if not kit.is_open(channel.connection):
-        return (f"Depois que `{name}` voltou, a conexão do canal que ela recebeu estava fechada: uma função não "
-                f"fecha a conexão nem o canal que não abriu — quem os passou ainda vai usá-los. {stop}")
-    if closes:
-        return (f"`{name}` fechou o canal que recebeu (channel.close()): uma função não fecha um canal que não "
-                f"abriu — quem o passou ainda vai usá-lo. {stop}")
-    return f"Depois que `{name}` voltou, o canal que ela recebeu estava fechado. {CHANNEL_WAS_CLOSED}"
-
-
 # 5.1 ---------------------------------------------------------------------------------------------
 def _why_invalid(body: str) -> str | None:
     """Why an order is invalid (pt-BR), or None if it is valid."""
@@ -235,7 +219,7 @@ class PedidosValidos(Exercise):
                 result = call_watched(ctx, watch, "processar_pedidos", channel, self.queue,
                                        advice=_amqp_advice, on_timeout=lambda: self._on_timeout(ctx, watch),
                                        timeout=self.call_timeout)
-            channel_hint = _handed_channel_hint("processar_pedidos", channel, closes)
+            channel_hint = kit.handed_channel_hint("processar_pedidos", channel, closes, CHANNEL_WAS_CLOSED)
             # Still open: a consumer left registered shows in a passive declare, exactly.
             counts = kit.exact_counts(ctx, self.queue)
         finally:
@@ -645,7 +629,7 @@ class SegundaChance(Exercise):
             result = call_watched(ctx, watch, "processar_pagamentos", channel, self.queue, cobrar,
                                    advice=_amqp_advice, on_timeout=lambda: self._on_timeout(ctx, cobrar),
                                    timeout=self.call_timeout)
-            channel_hint = _handed_channel_hint("processar_pagamentos", channel, closes)
+            channel_hint = kit.handed_channel_hint("processar_pagamentos", channel, closes, CHANNEL_WAS_CLOSED)
             # Still open: a consumer left registered shows in a passive declare, exactly.
             counts = kit.exact_counts(ctx, self.queue)
         finally:

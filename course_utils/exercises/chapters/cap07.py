@@ -121,19 +121,10 @@ def _headers(message: dict) -> dict:
     return (message.get("properties") or {}).get("headers") or {}
 
 
-def _handed_channel_hint(name: str, channel, closes: list) -> str | None:
-    """Why the channel the check handed to the learner's function is no longer open, or None."""
-    if channel.is_open:
-        return None
-    if not kit.is_open(channel.connection):
-        return (f"Depois que `{name}` voltou, a conexão do canal que ela recebeu estava fechada: uma função não "
-                f"fecha a conexão nem o canal que não abriu — quem os passou ainda vai usá-los.")
-    if closes:
-        return (f"`{name}` fechou o canal que recebeu (channel.close()): uma função não fecha um canal que não "
-                f"abriu — quem o passou ainda vai usá-lo. Cancele o consumidor e volte, sem fechar nada.")
-    return (f"Depois que `{name}` voltou, o canal que ela recebeu estava fechado: o broker o fecha quando uma "
-            f"entrega é confirmada duas vezes ou por outro canal (406 PRECONDITION_FAILED - unknown delivery tag), "
-            f"ou quando se publica numa exchange que não existe (404).")
+# What makes the broker close a channel in this chapter's exercises.
+CHANNEL_CLOSED_BY_BROKER = ("O broker o fecha quando uma entrega é confirmada duas vezes ou por outro canal "
+                            "(406 PRECONDITION_FAILED - unknown delivery tag), ou quando se publica numa exchange "
+                            "que não existe (404).")
 
 
 class _Publishes:
@@ -342,7 +333,7 @@ class Retentativas(Exercise):
             closes = kit.record_calls(channel, "close")
             _call_watched(ctx, watch, publishes, "consumir_emails", channel, enviar, advice=_amqp_advice,
                           on_timeout=lambda: self._on_timeout(enviar, watch), timeout=self.call_timeout)
-            channel_hint = _handed_channel_hint("consumir_emails", channel, closes)
+            channel_hint = kit.handed_channel_hint("consumir_emails", channel, closes, CHANNEL_CLOSED_BY_BROKER)
             counts = kit.exact_counts(ctx, self.queue)  # still open: a consumer left registered shows
         finally:
             check.close()
@@ -1008,7 +999,7 @@ class SemDuplicar(Exercise):
                 _call_watched(ctx, watch, None, "consumir_pagamentos", channel, self.queue, cobrar, processados,
                               advice=_amqp_advice, on_timeout=lambda: self._on_timeout(watch),
                               timeout=self.call_timeout)
-            channel_hint = _handed_channel_hint("consumir_pagamentos", channel, closes)
+            channel_hint = kit.handed_channel_hint("consumir_pagamentos", channel, closes, CHANNEL_CLOSED_BY_BROKER)
             counts = kit.exact_counts(ctx, self.queue)  # still open: a consumer left registered shows
         finally:
             check.close()
@@ -1019,10 +1010,10 @@ class SemDuplicar(Exercise):
         expect(watch.consumers, f"consumir_pagamentos() não consumiu a fila '{self.queue}': registre um consumidor no "
                                 f"channel que recebeu (channel.consume(fila, inactivity_timeout=1), ou basic_consume).")
         expect(any(how != "basic_get" for how, _ in watch.consumers),
-               f"consumir_pagamentos() buscou as mensagens uma a uma com basic_get, sem registrar um consumidor: o "
-               f"enunciado pede um consumidor — o broker empurra as mensagens para ele, sem uma ida e volta por "
-               f"mensagem, e ele espera as que chegam depois. Consuma com channel.consume(fila, auto_ack=False, "
-               f"inactivity_timeout=1) e, no fim, channel.cancel().")
+               "consumir_pagamentos() buscou as mensagens uma a uma com basic_get, sem registrar um consumidor: o "
+               "enunciado pede um consumidor — o broker empurra as mensagens para ele, sem uma ida e volta por "
+               "mensagem, e ele espera as que chegam depois. Consuma com channel.consume(fila, auto_ack=False, "
+               "inactivity_timeout=1) e, no fim, channel.cancel().")
         expect(not watch.auto_ack(),
                f"consumir_pagamentos() consumiu com auto_ack=True: o broker apaga cada pagamento ao entregá-lo, e um "
                f"consumidor que cai depois de cobrar e antes de terminar o perde. {phrases.MANUAL_ACK}")
