@@ -207,8 +207,11 @@ def _add_consumers(graph: TopologyGraph, management) -> None:
         if queue not in graph:
             continue
         details = c.get("channel_details") or {}  # the API briefly shows [] for a new consumer
-        who = names.get(details.get("connection_name"), details.get("connection_name", "?"))
-        name = f"{who} (canal {details.get('number', '?')})"
+        if details.get("connection_name"):
+            who = names.get(details["connection_name"], details["connection_name"])
+            name = f"{who} (canal {details.get('number', '?')})"
+        else:  # not known yet: each consumer still its own node, by its tag
+            name = f"consumidor {(c.get('consumer_tag') or '?')[:18]}"
         graph.add_node(("consumer", name), kind="consumer", name=name, label=name,
                        consumer_tag=c.get("consumer_tag"), prefetch=c.get("prefetch_count"))
         graph.add_edge(queue, ("consumer", name), keys=[], arguments=[], label="")

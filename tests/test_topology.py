@@ -205,3 +205,25 @@ def _drawn_key(label, drawn):
 def test_demo_topology_is_readable(curso):
     fig = plot_topology(topology_graph(curso))
     assert_readable(fig)
+
+
+def test_consumers_the_api_does_not_detail_yet_stay_apart():
+    """The management API shows `channel_details: []` for a consumer it has just registered: three
+    such consumers are three nodes, not one '? (canal ?)'."""
+    import networkx as nx
+
+    from course_utils import topology
+
+    class _Management:
+        def connections(self):
+            return []
+
+        def consumers(self):
+            return [{"queue": {"name": "tarefas"}, "channel_details": [], "consumer_tag": f"ctag{i}.abc"}
+                    for i in range(3)]
+
+    graph = nx.MultiDiGraph()
+    graph.add_node(("queue", "tarefas"), kind="queue", name="tarefas")
+    topology._add_consumers(graph, _Management())
+    consumers = [n for n in graph if n[0] == "consumer"]
+    assert len(consumers) == 3 and all(graph.has_edge(("queue", "tarefas"), n) for n in consumers)
