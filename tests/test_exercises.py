@@ -174,6 +174,7 @@ def test_blank_exercises_fail_every_check(course_broker, chapter):
     for check in checks:
         outcome = run.cells.get(check.code_index)
         assert outcome is not None, f"{check.exercise}: nbval did not run the check cell\n{run.output[-2000:]}"
-        assert outcome.status == "failed", f"{check.exercise}: the blank check cell did not fail"
+        assert outcome.status == "failed", (f"{check.exercise}: the blank check cell did not fail "
+                                            f"({outcome.status}):\n{outcome.message[-3000:]}\n{run.output[-3000:]}")
         assert outcome.error[0] == "AssertionError", f"{check.exercise}: failed with {outcome.error}, not a hint"
         assert outcome.error[1].startswith(f"Exercício {check.exercise}: ")
