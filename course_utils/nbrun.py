@@ -17,13 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _CELL = re.compile(r"Cell (\d+)$")
-# `python -m pytest`, minus seconds of start-up: nbval reads notebooks with nbformat, whose schema
-# validation imports jsonschema, which imports the optional `rfc3987_syntax` when it is installed
-# (JupyterLab's jupyter-events brings it) and that module builds a grammar at import time (1.5 s on
-# an idle 2-core machine, 5 s under load), only to check IRI formats no notebook field uses. Marking
-# it absent makes jsonschema skip that one format check, for every notebook run and every graded one.
-_PYTEST = ("import sys; sys.modules.setdefault('rfc3987_syntax', None); import pytest; "
-           "sys.exit(pytest.main(sys.argv[1:]))")
 _ANSI = re.compile(r"(\x1b|#x1B)\[[0-9;]*m")
 _ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): ?(.*)$")
 
@@ -86,7 +79,7 @@ def run_notebook(notebook: Path, env: dict[str, str] | None = None, cell_timeout
         shutil.copyfile(notebook, target)
         (work / "pytest.ini").write_text("[pytest]\naddopts =\n")
         xml = work / "report.xml"
-        cmd = [sys.executable, "-c", _PYTEST, "--nbval-lax", "--nbval-current-env",
+        cmd = [sys.executable, "-m", "course_utils.nbval_main", "--nbval-lax", "--nbval-current-env",
                f"--nbval-cell-timeout={cell_timeout}", "-p", "no:cacheprovider",
                "-c", str(work / "pytest.ini"), "--rootdir", str(work), f"--junitxml={xml}", "-q",
                "-W", "ignore::DeprecationWarning"]
