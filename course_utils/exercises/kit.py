@@ -21,6 +21,7 @@ import inspect
 import os
 import signal
 import threading
+import time
 import types
 import uuid
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -214,6 +215,64 @@ def fresh_queue(ctx, name: str, bodies: Iterable[str] = (), arguments: dict | No
     channel.queue_declare(queue=name, durable=True, arguments=arguments)
     for body in bodies:
         channel.basic_publish(exchange="", routing_key=name, body=body, properties=properties)
+
+
+class LatePublisher(threading.Thread):
+    """Publishes `batches` [(at, [(body, properties), ...]), ...] to `queue` through the default
+    exchange, each batch `at` seconds into the learner's call, from a connection of its own created in
+    this thread (the learner's connection sees nothing but the messages); with `confirm`, on a channel
+    with publisher confirms. `hurry()`, or the end of the `with` block, publishes whatever is still
+    due at once, so that the verdict never depends on the timing."""
+
+    def __init__(self, ctx, queue: str, batches, confirm: bool = False):
+        super().__init__(name="curso-publicador-atrasado", daemon=True)
+        self.ctx, self.queue, self.confirm = ctx, queue, confirm
+        self.batches = [(at, list(messages)) for at, messages in batches]
+        self.ready, self.go, self.now = threading.Event(), threading.Event(), threading.Event()
+        self.published = 0  # messages published so far, in order
+
+    def _send(self, channel, message) -> None:
+        body, properties = message
+        channel.basic_publish(exchange="", routing_key=self.queue, body=body, properties=properties)
+
+    def run(self) -> None:
+        try:
+            with self.ctx.curso.connect() as connection:
+                channel = connection.channel()
+                if self.confirm:
+                    channel.confirm_delivery()
+                self.ready.set()
+                self.go.wait(timeout=60)
+                start = time.monotonic()
+                for at, messages in self.batches:
+                    self.now.wait(timeout=max(0.0, start + at - time.monotonic()))  # `now`: the call is over
+                    for message in messages:
+                        self._send(channel, message)
+                        self.published += 1
+        except Exception:  # noqa: BLE001 - then __exit__ publishes the rest itself, afterwards
+            pass
+        finally:
+            self.ready.set()
+
+    def hurry(self) -> None:
+        """Publish whatever is still due at once (the verdict no longer depends on the timing)."""
+        self.now.set()
+
+    def __enter__(self) -> "LatePublisher":
+        self.start()
+        self.ready.wait(timeout=10)
+        self.go.set()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.now.set()
+        self.join(timeout=10)
+        rest = [m for _, messages in self.batches for m in messages][self.published:]
+        if rest:
+            with self.ctx.curso.connect() as connection:
+                channel = connection.channel()
+                for message in rest:
+                    self._send(channel, message)
 
 
 def reset_topology(ctx, exchanges: Iterable[str] = (), queues: Iterable[str] = ()) -> None:

@@ -73,61 +73,6 @@ def _dead_lettered(ctx: CheckContext, dead: str, source: str, expected: int) -> 
             else f"{m.get('payload', '')} (publicada direto, não recusada)" for m in messages]
 
 
-def _publish(ctx: CheckContext, queue: str, bodies) -> None:
-    with ctx.curso.connect() as connection:
-        channel = connection.channel()
-        for body in bodies:
-            channel.basic_publish(exchange="", routing_key=queue, body=body, properties=kit.PERSISTENT)
-
-
-class _LatePublisher(threading.Thread):
-    """Publishes `batches` of bodies to `queue`, each (at, bodies) `at` seconds into the learner's
-    call, from a connection of its own, created in this thread (the learner's connection sees
-    nothing but the messages). Once the call is over, whatever is still due is published at once."""
-
-    def __init__(self, ctx: CheckContext, queue: str, batches):
-        super().__init__(name="curso-publicador-atrasado", daemon=True)
-        self.ctx, self.queue = ctx, queue
-        self.batches = [(at, list(bodies)) for at, bodies in batches]
-        self.ready, self.go, self.now = threading.Event(), threading.Event(), threading.Event()
-        self.published = 0  # bodies published so far, in order
-
-    def run(self) -> None:
-        try:
-            with self.ctx.curso.connect() as connection:
-                channel = connection.channel()
-                self.ready.set()
-                self.go.wait(timeout=60)
-                start = time.monotonic()
-                for at, bodies in self.batches:
-                    self.now.wait(timeout=max(0.0, start + at - time.monotonic()))  # `now`: the call is over
-                    for body in bodies:
-                        channel.basic_publish(exchange="", routing_key=self.queue, body=body,
-                                              properties=kit.PERSISTENT)
-                        self.published += 1
-        except Exception:  # noqa: BLE001 - then the check publishes the rest itself, afterwards
-            pass
-        finally:
-            self.ready.set()
-
-    def hurry(self) -> None:
-        """Publish whatever is still due at once (the verdict no longer depends on the timing)."""
-        self.now.set()
-
-    def __enter__(self) -> "_LatePublisher":
-        self.start()
-        self.ready.wait(timeout=10)
-        self.go.set()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.now.set()
-        self.join(timeout=10)
-        rest = [b for _, bodies in self.batches for b in bodies][self.published:]
-        if rest:
-            _publish(self.ctx, self.queue, rest)
-
-
 def _seconds(value) -> str:
     """0.6 -> '0,6' (pt-BR decimal comma)."""
     return f"{value or 0:.1f}".replace(".", ",")
@@ -214,7 +159,8 @@ class PedidosValidos(Exercise):
             channel = connection.channel()
             kit.fresh_queue(ctx, self.queue, self.early, arguments=kit.dead_letter_to(self.dead), channel=channel)
             closes = kit.record_calls(channel, "close")
-            with _LatePublisher(ctx, self.queue, self.batches) as publisher:
+            with kit.LatePublisher(ctx, self.queue, [(at, [(body, kit.PERSISTENT) for body in bodies])
+                                                     for at, bodies in self.batches]) as publisher:
                 watch.on_event = lambda what, detail: self._decided(what, detail) and publisher.hurry()
                 result = call_watched(ctx, watch, "processar_pedidos", channel, self.queue,
                                        advice=_amqp_advice, on_timeout=lambda: self._on_timeout(ctx, watch),

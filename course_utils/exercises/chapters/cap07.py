@@ -189,9 +189,12 @@ def _call_watched(ctx: CheckContext, watch: PikaWatch, publishes: _Publishes | N
         raise AssertionError(f"{hint} (A chamada terminou assim: {exc})") from None
 
 
+def _persistent(headers: dict | None = None, message_id: str | None = None) -> pika.BasicProperties:
+    return pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers=headers, message_id=message_id)
+
+
 def _publish(channel, queue: str, body: str, headers: dict | None = None, message_id: str | None = None) -> None:
-    channel.basic_publish(exchange="", routing_key=queue, body=body, properties=pika.BasicProperties(
-        delivery_mode=pika.DeliveryMode.Persistent, headers=headers, message_id=message_id))
+    channel.basic_publish(exchange="", routing_key=queue, body=body, properties=_persistent(headers, message_id))
 
 
 def _drain(ctx: CheckContext, queue: str, expected: int = 0, wait: float = 0.0) -> list[tuple[Any, bytes]]:
@@ -887,52 +890,6 @@ def _pagamento(cliente: str, valor: int) -> str:
     return json.dumps({"cliente": cliente, "valor": valor}, ensure_ascii=False)
 
 
-class _LatePublisher(threading.Thread):
-    """Publishes `messages` ((message_id, body), persistent) to `queue` `at` seconds into the learner's
-    call, from a connection of its own made in this thread; once the call is over, whatever is still
-    due is published at once (the verdict no longer depends on the timing)."""
-
-    def __init__(self, ctx: CheckContext, queue: str, at: float, messages):
-        super().__init__(name="curso-publicador-atrasado", daemon=True)
-        self.ctx, self.queue, self.at, self.messages = ctx, queue, at, list(messages)
-        self.ready, self.go, self.now = threading.Event(), threading.Event(), threading.Event()
-        self.published = 0
-        self.published_at: float | None = None
-
-    def run(self) -> None:
-        try:
-            with self.ctx.curso.connect() as connection:
-                channel = connection.channel()
-                channel.confirm_delivery()
-                self.ready.set()
-                self.go.wait(timeout=60)
-                self.now.wait(timeout=self.at)
-                for message_id, body in self.messages:
-                    _publish(channel, self.queue, body, message_id=message_id)
-                    self.published += 1
-                self.published_at = time.monotonic()
-        except Exception:  # noqa: BLE001 - then __exit__ publishes the rest itself
-            pass
-        finally:
-            self.ready.set()
-
-    def __enter__(self) -> "_LatePublisher":
-        self.start()
-        self.ready.wait(timeout=10)
-        self.go.set()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.now.set()
-        self.join(timeout=10)
-        rest = self.messages[self.published:]
-        if rest:
-            with self.ctx.curso.connect() as connection:
-                channel = connection.channel()
-                for message_id, body in rest:
-                    _publish(channel, self.queue, body, message_id=message_id)
-
-
 class SemDuplicar(Exercise):
     id = "7.3"
     title = "consumir_pagamentos() cobra cada message_id uma vez só, com duplicatas e reentregas, e confirma tudo."
@@ -995,7 +952,8 @@ class SemDuplicar(Exercise):
             crash.close()
             self._publish(channel, self.later)
             closes = kit.record_calls(channel, "close")
-            with _LatePublisher(ctx, self.queue, self.late_at, self.late):
+            with kit.LatePublisher(ctx, self.queue, [(self.late_at, [(body, _persistent(message_id=message_id))
+                                                            for message_id, body in self.late])], confirm=True):
                 _call_watched(ctx, watch, None, "consumir_pagamentos", channel, self.queue, cobrar, processados,
                               advice=_amqp_advice, on_timeout=lambda: self._on_timeout(watch),
                               timeout=self.call_timeout)
