@@ -195,6 +195,75 @@ def learner_channel(ctx, what: str) -> Iterator[Any]:
         check.close()
 
 
+def topic_matches(binding_key: str, routing_key: str) -> bool:
+    """Whether a topic exchange routes `routing_key` through `binding_key` (* one word, # zero or more)."""
+    def match(pattern: list[str], words: list[str]) -> bool:
+        if not pattern:
+            return not words
+        head, rest = pattern[0], pattern[1:]
+        if head == "#":
+            return any(match(rest, words[i:]) for i in range(len(words) + 1))
+        return bool(words) and head in ("*", words[0]) and match(rest, words[1:])
+    return match(binding_key.split("."), routing_key.split("."))
+
+
+def settled_early(settles, finished: Iterable[float]) -> int:
+    """How far the settlements (objects with `.at`, a time.monotonic() of each ack, nack or reject)
+    ran ahead of the learner's processing calls that had ended (`finished`, their end times): 0 when
+    each settlement came after its own call returned."""
+    events = sorted([(t, 0) for t in finished] + [(s.at, 1) for s in settles])
+    ended = settled = ahead = 0
+    for _, kind in events:
+        if kind == 0:
+            ended += 1
+        else:
+            settled += 1
+            ahead = max(ahead, settled - ended)
+    return ahead
+
+
+def probe_routing(ctx, messages, queues: list[str]) -> dict[str, list[str]]:
+    """Purge `queues`, publish `messages` [(exchange, routing key, headers, body), ...] and return the
+    bodies each queue received, in order.
+
+    Publishes with confirms and mandatory=True (an unroutable message is simply not anywhere);
+    reads with basic_get and closes the channel without acking, so the messages go back in place.
+    A consumer on one of the queues would take the probe's messages: that is a hint."""
+    connection = ctx.curso.connect()
+    try:
+        channel = connection.channel()
+        for name in queues:
+            ok = channel.queue_declare(queue=name, passive=True).method
+            if ok.consumer_count:
+                raise AssertionError(
+                    f"A fila '{name}' tem {ok.consumer_count} consumidor(es) ligado(s): eles levariam as "
+                    f"mensagens da verificação. Cancele-os (channel.cancel()) ou feche a conexão deles.")
+            channel.queue_purge(queue=name)
+        channel.confirm_delivery()
+        for exchange, key, headers, body in messages:
+            try:
+                channel.basic_publish(exchange=exchange, routing_key=key, body=body,
+                                      properties=pika.BasicProperties(headers=headers), mandatory=True)
+            except pika.exceptions.UnroutableError:
+                pass  # it reached no queue: that is information too
+            except pika.exceptions.NackError:
+                pass  # a full queue refused it (x-overflow=reject-publish): the bodies will tell
+        reader = connection.channel()
+        received = {}
+        for name in queues:
+            bodies = []
+            while True:
+                method, _properties, body = reader.basic_get(queue=name, auto_ack=False)
+                if method is None:
+                    break
+                bodies.append(body.decode())
+            received[name] = bodies
+        reader.close()  # unacked messages go back to their queues, in place
+        return received
+    finally:
+        close_quietly(connection)
+
+
 # --- preparing the broker --------------------------------------------------------------------------
 
 def dead_letter_to(queue: str) -> dict:

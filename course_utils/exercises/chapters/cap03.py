@@ -143,62 +143,8 @@ def _describe_bindings(bindings: list[dict]) -> str:
     return "; ".join(parts)
 
 
-def _topic_matches(binding_key: str, routing_key: str) -> bool:
-    """Whether a topic exchange routes `routing_key` through `binding_key` (* one word, # zero or more)."""
-    def match(pattern: list[str], words: list[str]) -> bool:
-        if not pattern:
-            return not words
-        head, rest = pattern[0], pattern[1:]
-        if head == "#":
-            return any(match(rest, words[i:]) for i in range(len(words) + 1))
-        return bool(words) and head in ("*", words[0]) and match(rest, words[1:])
-    return match(binding_key.split("."), routing_key.split("."))
-
-
 def _extra_bodies(received: list[str], wanted: list[str]) -> list[str]:
     return [b for b in received if b not in wanted]
-
-
-# --- the probe -------------------------------------------------------------------------------
-
-def _probe(ctx: CheckContext, messages: list[Message], queues: list[str]) -> dict[str, list[str]]:
-    """Purge `queues`, publish `messages` and return the bodies each queue received, in order.
-
-    Publishes with confirms and mandatory=True (an unroutable message is simply not anywhere);
-    reads with basic_get and closes the channel without acking, so the messages go back in place.
-    """
-    connection = ctx.curso.connect()
-    try:
-        channel = connection.channel()
-        for name in queues:
-            ok = channel.queue_declare(queue=name, passive=True).method
-            expect(ok.consumer_count == 0,
-                   f"A fila '{name}' tem {ok.consumer_count} consumidor(es) ligado(s): eles levariam as "
-                   f"mensagens da verificação. Cancele-os (channel.cancel()) ou feche a conexão deles.")
-            channel.queue_purge(queue=name)
-        channel.confirm_delivery()
-        for exchange, key, headers, body in messages:
-            try:
-                channel.basic_publish(exchange=exchange, routing_key=key, body=body,
-                                      properties=pika.BasicProperties(headers=headers), mandatory=True)
-            except pika.exceptions.UnroutableError:
-                pass  # it reached no queue: that is information too
-            except pika.exceptions.NackError:
-                pass  # a full queue refused it (x-overflow=reject-publish): the bodies will tell
-        reader = connection.channel()
-        received = {}
-        for name in queues:
-            bodies = []
-            while True:
-                method, _properties, body = reader.basic_get(queue=name, auto_ack=False)
-                if method is None:
-                    break
-                bodies.append(body.decode())
-            received[name] = bodies
-        reader.close()  # unacked messages go back to their queues, in place
-        return received
-    finally:
-        kit.close_quietly(connection)
 
 
 def _expected_by_queue(routes: list[tuple[str, list[str]]], queues: list[str]) -> dict[str, list[str]]:
@@ -248,7 +194,7 @@ class CentralDePedidos(Exercise):
     def verify(self, ctx: CheckContext) -> None:
         _expect_exchange(ctx, self.exchange, "direct")
         _expect_queues(ctx, self.queues)
-        received = _probe(ctx, [(self.exchange, key, None, key) for key, _ in self.routes], self.queues)
+        received = kit.probe_routing(ctx, [(self.exchange, key, None, key) for key, _ in self.routes], self.queues)
         problem = _compare(received, _expected_by_queue(self.routes, self.queues), lambda b: f"'{b}'")
         if problem is not None:
             expect(False, self._routing_hint(ctx, problem))
@@ -317,7 +263,7 @@ class EventosPorTopico(Exercise):
     def verify(self, ctx: CheckContext) -> None:
         _expect_exchange(ctx, self.exchange, "topic")
         _expect_queues(ctx, self.queues)
-        received = _probe(ctx, [(self.exchange, key, None, key) for key, _ in self.routes], self.queues)
+        received = kit.probe_routing(ctx, [(self.exchange, key, None, key) for key, _ in self.routes], self.queues)
         expected = _expected_by_queue(self.routes, self.queues)
         for queue in self.queues:
             problem = _compare({queue: received[queue]}, {queue: expected[queue]}, lambda b: f"'{b}'")
@@ -329,10 +275,10 @@ class EventosPorTopico(Exercise):
                     f"{self.rules[queue]}. Binding keys dela no broker: {keys or 'nenhuma'}. Lembre: * casa "
                     f"exatamente uma palavra, # casa zero ou mais.")
             extra = _extra_bodies(received[queue], expected[queue])
-            wrong = [k for k in keys if any(_topic_matches(k, rk) for rk in extra)]
+            wrong = [k for k in keys if any(kit.topic_matches(k, rk) for rk in extra)]
             if wrong:
                 hint += (f" Quem leva a ela o que não deveria: {', '.join(repr(k) for k in wrong)}"
-                         f" (casa {', '.join(repr(rk) for rk in extra if any(_topic_matches(k, rk) for k in wrong))}).")
+                         f" (casa {', '.join(repr(rk) for rk in extra if any(kit.topic_matches(k, rk) for k in wrong))}).")
                 if len(keys) > 1:
                     hint += f" Uma binding key por fila resolve; {_start_clean(self.exchange)}"
             expect(False, hint)
@@ -369,7 +315,7 @@ class DocumentosPorCabecalho(Exercise):
         _expect_exchange(ctx, self.exchange, "headers")
         _expect_queues(ctx, self.queues)
         messages = [(self.exchange, "contrato", headers or None, body) for body, headers, _ in self.documents]
-        received = _probe(ctx, messages, self.queues)
+        received = kit.probe_routing(ctx, messages, self.queues)
         routes = [(body, targets) for body, _, targets in self.documents]
         problem = _compare(received, _expected_by_queue(routes, self.queues), self._label)
         if problem is None:
@@ -436,7 +382,7 @@ class AuditoriaEmCascata(Exercise):
                f"As filas de auditoria não devem ser ligadas direto na '{self.source}' "
                f"({_describe_bindings(direct)}): elas recebem tudo pela '{self.destination}', que por sua vez "
                f"recebe da '{self.source}'. Desligue-as (channel.queue_unbind) ou apague a '{self.source}' e recomece.")
-        received = _probe(ctx, [(exchange, key, None, key) for exchange, key in self.messages], self.queues)
+        received = kit.probe_routing(ctx, [(exchange, key, None, key) for exchange, key in self.messages], self.queues)
         archive, panel = self.queues
         sent = (f"na '{self.source}' as routing keys "
                 f"{', '.join(key for exchange, key in self.messages if exchange == self.source)}, e direto na "
@@ -449,7 +395,7 @@ class AuditoriaEmCascata(Exercise):
                     f"{_describe_bindings(forward)}. Toda routing key que começa com a palavra venda (inclusive "
                     f"'venda' sozinha e 'venda.paga.br') deve passar; 'devolucao.venda' e 'vendas.relatorio' não.")
             extra = _extra_bodies(received[archive], self.archived)
-            wrong = [b["routing_key"] for b in forward if any(_topic_matches(b["routing_key"], rk) for rk in extra)]
+            wrong = [b["routing_key"] for b in forward if any(kit.topic_matches(b["routing_key"], rk) for rk in extra)]
             if wrong and len(forward) > 1:
                 hint += (f" Quem deixa passar o que não deveria: {', '.join(repr(k) for k in wrong)}; um binding "
                          f"basta. {_start_clean(self.source)}")

@@ -25,7 +25,7 @@ import pika.exceptions
 
 from .. import kit, phrases
 from ..checks import CheckContext, Exercise, expect
-from ..pikawatch import PikaWatch, Settle, call_watched
+from ..pikawatch import PikaWatch, call_watched
 
 # pt-BR advice for the AMQP errors a learner's code of this chapter typically provokes, by a piece
 # of the broker's reply text.
@@ -332,20 +332,6 @@ class _Recorder:
                 self.finished.append(time.monotonic())  # before returning: an ack after it is later
 
 
-def _settled_early(settles: list[Settle], finished: list[float]) -> int:
-    """How far the settlements ran ahead of the processar calls that had ended: at every ack (or
-    nack/reject), at most as many settlements as ended calls, if each follows its own call."""
-    events = sorted([(t, 0) for t in finished] + [(s.at, 1) for s in settles])
-    ended = settled = ahead = 0
-    for _, kind in events:
-        if kind == 0:
-            ended += 1
-        else:
-            settled += 1
-            ahead = max(ahead, settled - ended)
-    return ahead
-
-
 class EmParalelo(Exercise):
     id = "5.2"
     title = "consumir_em_paralelo() processa tudo uma vez, em várias threads, com ack no canal certo."
@@ -408,7 +394,7 @@ class EmParalelo(Exercise):
         expect(not twice, f"{len(twice)} mensagem(ns) foram processadas mais de uma vez ({twice[:3]}...), e o "
                           f"broker as entregou mais de uma vez: isso acontece quando o ack se perde (canal fechado "
                           f"por um ack duplicado ou feito no canal errado) e o broker reentrega a mensagem.")
-        ahead = _settled_early(watch.settles, finished)
+        ahead = kit.settled_early(watch.settles, finished)
         expect(not ahead, f"consumir_em_paralelo() confirmou mensagens antes de processar voltar (em algum "
                           f"momento, {ahead} ack(s) à frente das chamadas de processar já terminadas). Se o "
                           f"programa cair no meio do trabalho, uma mensagem confirmada antes de processar se perde: "
@@ -620,7 +606,7 @@ class SegundaChance(Exercise):
                f"{untried_bodies} foram confirmados ou recusados sem chamar cobrar: toda entrega deve ser tentada "
                f"com cobrar(corpo), e o resultado decide (basic_ack se cobrou; se falhou, de volta à fila ou "
                f"descartada).")
-        ahead = _settled_early(watch.settles, finished)
+        ahead = kit.settled_early(watch.settles, finished)
         expect(not ahead,
                f"processar_pagamentos() confirmou ou recusou entregas (basic_ack/basic_reject) antes de cobrar "
                f"voltar (em algum momento, {ahead} à frente das chamadas de cobrar já terminadas). Confirmar antes "

@@ -64,20 +64,6 @@ def _thread_failure(name: str, exc: BaseException) -> str:
     return text
 
 
-def _settled_early(settles, finished: list[float]) -> int:
-    """How far the acks ran ahead of the processar calls that had ended (0: each ack came after
-    its call returned)."""
-    events = sorted([(t, 0) for t in finished] + [(s.at, 1) for s in settles])
-    ended = settled = ahead = 0
-    for _, kind in events:
-        if kind == 0:
-            ended += 1
-        else:
-            settled += 1
-            ahead = max(ahead, settled - ended)
-    return ahead
-
-
 # 6.1 ---------------------------------------------------------------------------------------------
 class _Tarefas:
     """The `processar` handed to the learner's workers: a long task takes `long_s`, a short one
@@ -245,7 +231,7 @@ class PoolJusto(Exercise):
         refused = Counter(s.kind for s in watch.settles if s.kind != "basic_ack")
         expect(not refused, f"worker() recusou tarefas ({dict(refused)}) em vez de confirmá-las: depois que "
                             f"processar voltar, confirme com basic_ack.")
-        ahead = _settled_early(acks, [c["fim"] for c in calls])
+        ahead = kit.settled_early(acks, [c["fim"] for c in calls])
         expect(not ahead,
                f"worker() confirmou tarefas antes de processar voltar (em algum momento, {ahead} ack(s) à frente "
                f"das tarefas terminadas): se o worker cair no meio, uma tarefa confirmada antes do trabalho se perde. "
@@ -494,52 +480,6 @@ def _bus_advice(exc: BaseException) -> str | None:
     return None
 
 
-def _probe(ctx: CheckContext, exchange: str, keys: list[str], queues: list[str]) -> dict[str, list[str]]:
-    """Purge `queues`, publish one message per routing key to `exchange` (body = the key) and return
-    the keys each queue received, in order; the messages are then put back (the channel closes
-    without acks)."""
-    connection = ctx.curso.connect()
-    try:
-        channel = connection.channel()
-        for name in queues:
-            ok = channel.queue_declare(queue=name, passive=True).method
-            expect(ok.consumer_count == 0,
-                   f"A fila '{name}' tem {ok.consumer_count} consumidor(es): eles levariam os eventos da "
-                   f"verificação. Feche a conexão deles.")
-            channel.queue_purge(queue=name)
-        channel.confirm_delivery()
-        for key in keys:
-            try:
-                channel.basic_publish(exchange=exchange, routing_key=key, body=key, mandatory=True)
-            except pika.exceptions.UnroutableError:
-                pass
-        reader = connection.channel()
-        received = {}
-        for name in queues:
-            bodies = []
-            while True:
-                method, _, body = reader.basic_get(queue=name, auto_ack=False)
-                if method is None:
-                    break
-                bodies.append(body.decode())
-            received[name] = bodies
-        reader.close()
-        return received
-    finally:
-        kit.close_quietly(connection)
-
-
-def _topic_matches(binding_key: str, routing_key: str) -> bool:
-    def match(pattern: list[str], words: list[str]) -> bool:
-        if not pattern:
-            return not words
-        head, rest = pattern[0], pattern[1:]
-        if head == "#":
-            return any(match(rest, words[i:]) for i in range(len(words) + 1))
-        return bool(words) and head in ("*", words[0]) and match(rest, words[1:])
-    return match(binding_key.split("."), routing_key.split("."))
-
-
 class BarramentoDeEventos(Exercise):
     id = "6.3"
     title = "ligar_servico() e interesses: cada serviço recebe do barramento só os eventos que pediu."
@@ -568,7 +508,7 @@ class BarramentoDeEventos(Exercise):
         return list(self.rules)
 
     def expected(self) -> dict[str, list[str]]:
-        return {q: [k for k in self.keys if any(_topic_matches(p, k) for p in self.patterns[q])] for q in self.queues}
+        return {q: [k for k in self.keys if any(kit.topic_matches(p, k) for p in self.patterns[q])] for q in self.queues}
 
     def run(self, ctx: CheckContext) -> None:
         interesses = ctx.learner("interesses", "variável")
@@ -634,7 +574,7 @@ class BarramentoDeEventos(Exercise):
                    f"A fila '{queue}' não existe: a verificação cria as filas chamando ligar_servico(canal, servico, "
                    f"interesses[servico]) para cada serviço; se ela parou antes, a mensagem dela diz por quê.")
             kit.expect_durable_queue(ctx, queue, "ligar_servico()")
-        received = _probe(ctx, self.exchange, self.keys, self.queues)
+        received = kit.probe_routing(ctx, [(self.exchange, key, None, key) for key in self.keys], self.queues)
         expected = self.expected()
         for queue in self.queues:
             got, wanted = received[queue], expected[queue]
@@ -652,7 +592,7 @@ class BarramentoDeEventos(Exercise):
                     f"e entidades, na mesma convenção <entidade>.<região>.<evento>) e a fila '{queue}' "
                     f"{' e '.join(parts)}. Ela deve receber {self.rules[queue]}. Binding keys dela no broker: "
                     f"{keys or 'nenhuma'}. Lembre: * casa exatamente uma palavra, # zero ou mais.")
-            wrong = [k for k in keys if any(_topic_matches(k, e) for e in extra)]
+            wrong = [k for k in keys if any(kit.topic_matches(k, e) for e in extra)]
             if wrong:
                 hint += f" Quem traz o que não deveria: {_show(wrong)}."
             regions = {m.split(".")[1] for m in missing}
@@ -854,9 +794,9 @@ class ClienteRPC(Exercise):
                      f"channel.basic_publish(exchange=\"\", routing_key=fila, body=pedido, properties=...).")
         request = seen[0]
         expect(request["reply_to"],
-               f"O pedido chegou ao servidor sem reply_to: ele não tem para onde responder. Publique com "
-               f"properties=pika.BasicProperties(reply_to=<a sua fila de respostas>, correlation_id=...) — uma fila "
-               f"exclusiva com nome do servidor, ou 'amq.rabbitmq.reply-to' (consumida antes de publicar).")
+               "O pedido chegou ao servidor sem reply_to: ele não tem para onde responder. Publique com "
+               "properties=pika.BasicProperties(reply_to=<a sua fila de respostas>, correlation_id=...) — uma fila "
+               "exclusiva com nome do servidor, ou 'amq.rabbitmq.reply-to' (consumida antes de publicar).")
         expect(request["correlation_id"],
                "O pedido chegou ao servidor sem correlation_id: sem ele, o cliente não sabe qual resposta é a do seu "
                "pedido. Publique com correlation_id=str(uuid.uuid4()) e compare properties.correlation_id na resposta.")
