@@ -27,7 +27,6 @@ from .status import Status
 from .submissions import StudentWork, discover
 
 GRADER_VERSION = "1"
-STATUSES = tuple(Status)
 
 
 @dataclass
@@ -193,12 +192,6 @@ def triage(job: Job, options: GradeOptions) -> Rebuilt | list[ExerciseResult]:
     return rebuilt
 
 
-def grade_notebook(job: Job, broker: GradingBroker, options: GradeOptions) -> list[ExerciseResult]:
-    """triage, then execute what triage could not decide."""
-    decided = triage(job, options)
-    return decided if isinstance(decided, list) else execute(job, decided, broker, options)
-
-
 def execute(job: Job, rebuilt: Rebuilt, broker: GradingBroker, options: GradeOptions) -> list[ExerciseResult]:
     """Run the rebuilt notebook in an isolated space of the grading broker and score it."""
     label = f"{job.student[:24]}-{job.canonical.name[:2]}"
@@ -302,8 +295,9 @@ def grade(options: GradeOptions, broker: GradingBroker | None = None) -> report.
     students = discover(options.submissions, [c.name for c in canonicals])
     store = ResultStore(options.out)
     done = set() if options.force else store.done()
-    jobs = [j for j in plan(students, canonicals) if (j.student, j.canonical.name, j.digest) not in done]
-    skipped = len(plan(students, canonicals)) - len(jobs)
+    planned = plan(students, canonicals)
+    jobs = [j for j in planned if (j.student, j.canonical.name, j.digest) not in done]
+    skipped = len(planned) - len(jobs)
 
     from tqdm import tqdm
 

@@ -27,10 +27,6 @@ class Status(str, Enum):
         """Order among the check cells of one exercise: the most severe outcome is the exercise's."""
         return list(Status).index(self)
 
-    @classmethod
-    def of(cls, value: str) -> "Status":
-        return cls(value)
-
 
 _PT = {Status.PASSED: "certo", Status.FAILED: "não passou", Status.ERROR: "erro", Status.TIMEOUT: "tempo esgotado",
        Status.MISSING: "não entregue", Status.INVALID: "inválido"}
