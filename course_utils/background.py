@@ -12,7 +12,7 @@
 Processes run `sys.executable script args...` in a scratch folder of their own with
 RABBITMQ_URL=curso.url in their environment, unbuffered, stdout and stderr merged and read by one
 reader thread per process into a buffer (never a pipe that can fill and block the child). On Linux
-they get SIGTERM when the kernel dies (PR_SET_PDEATHSIG, `native._parent_death_signal`); they are
+they get SIGTERM when the kernel dies (PR_SET_PDEATHSIG, `native.parent_death_signal`); they are
 forked from one long-lived spawner thread, because the kernel sends that signal when the *thread*
 that forked the child ends, not only the process.
 
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import CourseError
-from .native import _parent_death_signal
+from .native import parent_death_signal
 
 MAX_LINES = 50_000  # per worker; older lines are dropped (a chatty worker must not eat the RAM)
 
@@ -169,7 +169,7 @@ _SPAWNER = _Spawner()
 
 def _child_setup(parent_pid: int) -> None:
     """In the forked child, before exec: die with the parent (Linux), even if it already died."""
-    _parent_death_signal()
+    parent_death_signal()
     if os.getppid() != parent_pid:
         os._exit(1)
 

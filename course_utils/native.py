@@ -172,7 +172,7 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def _parent_death_signal() -> None:
+def parent_death_signal() -> None:
     """In the child: get SIGTERM when the parent dies (the server script then stops the node)."""
     try:
         import ctypes
@@ -343,7 +343,7 @@ class NativeNode:
             self._proc = subprocess.Popen(
                 command, env=self.env(), cwd=self.base_dir, stdin=subprocess.DEVNULL,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_parent_death_signal if self.die_with_parent else None,
+                preexec_fn=parent_death_signal if self.die_with_parent else None,
             )
         self.wait(timeout)
 

@@ -20,7 +20,6 @@ says why. Screenshots go to `$CURSO_REPORTS/browser/` (default `.reports/browser
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -36,6 +35,8 @@ from pathlib import Path
 import nbformat
 import pytest
 import requests
+
+from course_utils.native import parent_death_signal
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "03_trocas_e_filas.ipynb"
@@ -75,12 +76,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: on Linux, SIGTERM this child when the test process dies (PR_SET_PDEATHSIG)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
 class Lab:
     """A JupyterLab server on a scratch folder; `stop()` ends it and its kernels."""
 
@@ -105,7 +100,7 @@ class Lab:
         self._log_file = self.log.open("wb")
         self.process = subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.DEVNULL,
                                         stdout=self._log_file, stderr=subprocess.STDOUT,
-                                        start_new_session=True, preexec_fn=_die_with_parent)
+                                        start_new_session=True, preexec_fn=parent_death_signal)
 
     def api(self, path: str, post: dict | None = None):
         headers = {"Authorization": f"token {self.token}"}
