@@ -1,7 +1,9 @@
 """Run a notebook under nbval (`pytest --nbval-lax`) in a subprocess and report each code cell.
 
-Used by the test suite (chapters, solutions, blank exercises) and by the grader. nbval names its
-items "Cell N" with N counting code cells only; the JUnit XML report gives each one's outcome.
+Used by the test suite (chapters, solutions, blank exercises) and the benchmarks; the grader runs
+notebooks itself (grading/execute.py) but reports them with the same `NotebookRun` / `CellOutcome`.
+nbval names its items "Cell N" with N counting code cells only; the JUnit XML report gives each
+one's outcome.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class CellOutcome:
     status: str  # passed | failed | skipped | error
     message: str = ""
     seconds: float = 0.0  # the cell's run time, as nbval's report gives it
+    raised: tuple[str, str] | None = None  # (type, message) when known exactly (the kernel's reply)
 
     @property
     def ok(self) -> bool:
@@ -39,7 +42,9 @@ class CellOutcome:
 
     @property
     def error(self) -> tuple[str, str]:
-        """(exception type, message) of the last exception line in the cell's traceback."""
+        """(exception type, message): `raised`, or else the last exception line in the cell's traceback."""
+        if self.raised is not None:
+            return self.raised
         found = ("", "")
         for line in clean(self.message).splitlines():
             match = _ERROR_LINE.match(line.strip())
@@ -64,13 +69,11 @@ class NotebookRun:
 
 
 def run_notebook(notebook: Path, env: dict[str, str] | None = None, cell_timeout: float = 120,
-                 timeout: float = 900, extra_args: tuple[str, ...] = (),
-                 plugins: tuple[str, ...] = (), work_dir: Path | None = None) -> NotebookRun:
+                 timeout: float = 900, work_dir: Path | None = None) -> NotebookRun:
     """Execute `notebook` with nbval in a fresh kernel, from a scratch folder.
 
     `env` replaces the subprocess environment (the kernel inherits it); `timeout` bounds the
-    whole run, `cell_timeout` each cell; `plugins` are extra pytest plugins (`-p module`);
-    `work_dir` is where the scratch folder is made. Whatever is left running from the scratch
+    whole run, `cell_timeout` each cell; `work_dir` is where the scratch folder is made. Whatever is left running from the scratch
     folder afterwards (an orphaned kernel, a learner's background process) is killed."""
     notebook = Path(notebook).resolve()
     with tempfile.TemporaryDirectory(prefix="curso-nbrun-", dir=work_dir) as tmp:
@@ -83,9 +86,7 @@ def run_notebook(notebook: Path, env: dict[str, str] | None = None, cell_timeout
                f"--nbval-cell-timeout={cell_timeout}", "-p", "no:cacheprovider",
                "-c", str(work / "pytest.ini"), "--rootdir", str(work), f"--junitxml={xml}", "-q",
                "-W", "ignore::DeprecationWarning"]
-        for plugin in plugins:
-            cmd += ["-p", plugin]
-        cmd += [*extra_args, str(target)]
+        cmd.append(str(target))
         run_env = dict(os.environ if env is None else env)
         run_env.setdefault("MPLBACKEND", "Agg")
         # Kernel connection files go to the scratch folder, so leftovers can be found by path.
@@ -105,7 +106,7 @@ def run_notebook(notebook: Path, env: dict[str, str] | None = None, cell_timeout
             out, _ = proc.communicate()
             output = _text(out)
         finally:
-            _kill_leftovers(work)
+            kill_leftovers(work)
         cells = parse_junit(xml) if xml.exists() else {}
         return NotebookRun(cells, returncode, timed_out, output, time.monotonic() - started)
 
@@ -119,7 +120,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def _kill_leftovers(work: Path) -> None:
+def kill_leftovers(work: Path) -> None:
     """Kill any process still running from the scratch folder (an orphaned kernel, a student's
     background process): their command lines name the kernel connection file inside it."""
     import signal

@@ -193,14 +193,37 @@ def test_killed_run_keeps_finished_results(tmp_path, grading_broker):
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not (results.exists() and results.read_text().count("\n") >= 3):
         time.sleep(0.2)
+    kernels = _kernels_of(proc.pid)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = {json.loads(line)["student"] for line in results.read_text().splitlines()}
     assert finished and len(finished) < 3, "the kill should land mid-run"
+    assert kernels, "the grader had a kernel running (and one started ahead) when it was killed"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in kernels):
+        time.sleep(0.2)
+    assert not [pid for pid in kernels if Path(f"/proc/{pid}").exists()], "a killed grader left kernels running"
     resumed = grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", only=("02",),
                                  progress=False), grading_broker)
     assert resumed.skipped == len(finished) and resumed.graded == 3 - len(finished)
     assert list(resumed.grades["total"]) == [5.0, 5.0, 5.0]
+
+
+def _kernels_of(parent: int) -> list[int]:
+    """Pids of the graded kernels (course_utils.grading.kernel) that the process `parent` started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:")), 0)
+        if ppid == parent and b"course_utils.grading.kernel" in cmdline:
+            found.append(int(entry.name))
+    return found
 
 
 @pytest.mark.parametrize("chapter", [pytest.param(c, marks=pytest.mark.chapter(c)) for c in CHAPTERS])

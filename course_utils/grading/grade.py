@@ -1,27 +1,25 @@
-"""Grade every student's notebooks: rebuild, isolate, execute with nbval, score, record."""
+"""Grade every student's notebooks: triage, rebuild, isolate, execute (grading/execute.py), score, record."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
-import secrets
-import shutil
+import queue
 import sys
-import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import nbformat
 
 from ..exercises import metadata as fmt
-from ..nbrun import NotebookRun, clean, run_notebook
-from . import report
+from ..nbrun import NotebookRun, clean
+from . import execute, report
 from .confine import guest_brokers, refusal
 from .gradebroker import GradingBroker, StudentSpace
-from .plugin import parse_verdicts
 from .rebuild import InvalidSubmission, Rebuilt, read_submission, rebuild
 from .status import Status
 from .submissions import StudentWork, discover
@@ -192,37 +190,83 @@ def triage(job: Job, options: GradeOptions) -> Rebuilt | list[ExerciseResult]:
     return rebuilt
 
 
-def execute(job: Job, rebuilt: Rebuilt, broker: GradingBroker, options: GradeOptions) -> list[ExerciseResult]:
-    """Run the rebuilt notebook in an isolated space of the grading broker and score it."""
-    label = f"{job.student[:24]}-{job.canonical.name[:2]}"
-    space = broker.space(label)
-    job_dir = Path(tempfile.mkdtemp(prefix="curso-grade-job-"))
-    try:
-        nb_path = job_dir / job.canonical.name
-        nbformat.write(rebuilt.notebook, str(nb_path))
-        key = secrets.token_hex(32).encode()
-        key_file = job_dir / "key"
-        key_file.write_bytes(key)
-        key_file.chmod(0o600)
-        verdicts = job_dir / "verdicts.txt"
-        home = job_dir / "home"
-        home.mkdir()
-        with broker.inside():  # the kernel and its nbval process see only the grading node
-            run = run_notebook(nb_path, env=kernel_env(space, home), cell_timeout=options.cell_timeout,
-                               timeout=options.timeout, plugins=("course_utils.grading.plugin",),
-                               extra_args=("--curso-verdicts", str(verdicts), "--curso-key-file", str(key_file),
-                                           "--curso-memory-limit", str(options.memory_limit)),
-                               work_dir=job_dir)
-        signed, forged = parse_verdicts(verdicts.read_text(encoding="utf-8") if verdicts.exists() else "", key)
-        results = score(job, rebuilt, run, {v["code_index"]: v for v in signed}, forged, options)
-        for result in results:
-            result.extra["seconds"] = round(run.seconds, 2)  # the notebook's run, kernel start included
-        return results
-    finally:
+def execute_all(to_run: list[tuple[Job, Rebuilt]], broker: GradingBroker, options: GradeOptions,
+                emit: Callable[[list[ExerciseResult]], None]) -> None:
+    """Run every rebuilt notebook on the grading broker, `options.workers` at a time, and hand each
+    notebook's results to `emit` as soon as they are known. Each worker is a thread inside the
+    broker's namespace with an event loop of its own (`_worker`)."""
+    pending: queue.Queue = queue.Queue()
+    for item in to_run:
+        pending.put(item)
+    failures: list[BaseException] = []
+
+    def worker() -> None:
         try:
-            broker.drop(space)
-        finally:
-            shutil.rmtree(job_dir, ignore_errors=True)
+            with broker.inside():  # the kernels and every management call live in the node's namespace
+                asyncio.run(_worker(pending, broker, options, emit))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=worker, name=f"curso-grade-{n}", daemon=True)
+               for n in range(max(1, min(options.workers, len(to_run))))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+
+
+def _take(pending: queue.Queue) -> tuple[Job, Rebuilt] | None:
+    try:
+        return pending.get_nowait()
+    except queue.Empty:
+        return None
+
+
+async def _worker(pending: queue.Queue, broker: GradingBroker, options: GradeOptions,
+                  emit: Callable[[list[ExerciseResult]], None]) -> None:
+    """Take notebooks until none is left; while one runs, the next one's kernel starts."""
+
+    def start(item):
+        job, _rebuilt = item
+        label = f"{job.student[:24]}-{job.canonical.name[:2]}"
+        return asyncio.ensure_future(execute.prepare(label, broker, kernel_env, options.memory_limit))
+
+    item = _take(pending)
+    ready = start(item) if item else None
+    try:
+        while item is not None:
+            job, rebuilt = item
+            current, item = ready, _take(pending)
+            ready = start(item) if item else None
+            try:
+                prepared = await current
+            except Exception as exc:  # noqa: BLE001 - no kernel for this notebook: its result says why
+                emit(_all(job, Status.ERROR, f"erro do corretor ao preparar o kernel: {exc.__class__.__name__}: {exc}"))
+                continue
+            try:
+                results = await _run(job, rebuilt, prepared, options)
+            except Exception as exc:  # noqa: BLE001
+                results = _all(job, Status.ERROR, f"erro do corretor ao processar este caderno: {exc.__class__.__name__}: {exc}")
+            finally:
+                await execute.cleanup(prepared, broker)
+            emit(results)
+    finally:
+        if ready is not None:  # stopped early: the kernel started ahead goes too
+            try:
+                await execute.cleanup(await ready, broker)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+async def _run(job: Job, rebuilt: Rebuilt, prepared: execute.Prepared, options: GradeOptions) -> list[ExerciseResult]:
+    checks = {i: exercise for i, (exercise, _points) in rebuilt.check_cells.items()}
+    run, verdicts = await execute.run_cells(rebuilt.notebook, prepared, options.cell_timeout, options.timeout, checks)
+    results = score(job, rebuilt, run, verdicts, options)
+    for result in results:
+        result.extra["seconds"] = round(run.seconds, 2)  # the notebook's run (its kernel started ahead)
+    return results
 
 
 def _first_lines(text: str, limit: int = 600) -> str:
@@ -248,8 +292,6 @@ def judge_cell(code_index: int, run: NotebookRun, verdict: dict | None, options:
         return Status.ERROR, f"{ename}: {evalue}" if ename else _first_lines(outcome.message)
     if verdict is None:
         return Status.ERROR, "o corretor não recebeu o resultado conferido no broker para esta verificação"
-    if verdict.get("reply_status") == "error":
-        return Status.FAILED, f"a verificação falhou ({verdict.get('reply_error', '').strip()}), mas a mensagem de erro foi escondida"
     if verdict.get("broker") == "failed":
         return Status.FAILED, f"{verdict.get('broker_hint')} (conferido pelo corretor, direto no broker)"
     if verdict.get("broker") == "error" or verdict.get("snapshot_error"):
@@ -257,7 +299,7 @@ def judge_cell(code_index: int, run: NotebookRun, verdict: dict | None, options:
     return Status.PASSED, ""
 
 
-def score(job: Job, rebuilt: Rebuilt, run: NotebookRun, verdicts: dict[int, dict], forged: int,
+def score(job: Job, rebuilt: Rebuilt, run: NotebookRun, verdicts: dict[int, dict],
           options: GradeOptions) -> list[ExerciseResult]:
     answer_timeouts = {ex for i, ex in rebuilt.answer_cells.items()
                        if i in run.cells and "Timeout of" in run.cells[i].message
@@ -280,9 +322,8 @@ def score(job: Job, rebuilt: Rebuilt, run: NotebookRun, verdicts: dict[int, dict
             elif exercise in answer_timeouts:
                 status = Status.TIMEOUT
                 reasons.insert(0, f"a célula de resposta passou de {options.cell_timeout:.0f} s")
-        extra = {"forged_verdicts": forged} if forged else {}
         results.append(ExerciseResult(job.student, job.canonical.name, exercise, points, max_points,
-                                      status, " | ".join(dict.fromkeys(reasons)), job.digest, extra))
+                                      status, " | ".join(dict.fromkeys(reasons)), job.digest))
     return results
 
 
@@ -326,13 +367,12 @@ def grade(options: GradeOptions, broker: GradingBroker | None = None) -> report.
                 broker.stop()
             bar.close()
             raise GradingRefused(refusal(found, broker.unconfined_reason or "os cadernos não estão isolados"))
+    def emit(results: list[ExerciseResult]) -> None:
+        store.add(results)
+        bar.update(1)
+
     try:
-        with ThreadPoolExecutor(max_workers=max(1, options.workers)) as pool:
-            futures = {pool.submit(_safe, lambda job=job, rebuilt=rebuilt: execute(job, rebuilt, broker, options), job): job
-                       for job, rebuilt in to_run}
-            for future in as_completed(futures):
-                store.add(future.result())
-                bar.update(1)
+        execute_all(to_run, broker, options, emit)
     finally:
         bar.close()
         if own_broker:
