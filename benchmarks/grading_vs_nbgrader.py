@@ -37,8 +37,9 @@ isolation (as root, a private network namespace and its own grading broker) and 
 
 What is timed: nbgrader, the whole `nbgrader autograde` process (its start-up included);
 curso, the whole `grade()` call (its grading broker's start included). Per notebook: nbgrader,
-from its pre-convert hook to its post-convert hook for that student; curso, triage + execute of
-that notebook. Both are also shown by kind, because `curso grade` decides a blank notebook at
+from its pre-convert hook to its post-convert hook for that student; curso, triage + the
+notebook's run as results.jsonl records it (from the moment its worker takes it: a kernel started
+ahead, while the previous notebook ran, is not counted again). Both are also shown by kind, because `curso grade` decides a blank notebook at
 triage, without a kernel, while nbgrader executes it like any other.
 """
 from __future__ import annotations
@@ -456,8 +457,8 @@ def curso_grade(subs: Path, out: Path, workers: int) -> tuple[object, float, dic
         finally:
             broker_start.append(time.perf_counter() - started)
 
-    originals = grade_mod.triage, grade_mod.execute
-    grade_mod.triage, grade_mod.execute = timed(grade_mod.triage), timed(grade_mod.execute)
+    original_triage = grade_mod.triage
+    grade_mod.triage = timed(grade_mod.triage)
     GradingBroker.start = timed_start
     try:
         started = time.perf_counter()
@@ -465,8 +466,15 @@ def curso_grade(subs: Path, out: Path, workers: int) -> tuple[object, float, dic
                                                only=("02",), workers=workers, progress=False))
         seconds = time.perf_counter() - started
     finally:
-        grade_mod.triage, grade_mod.execute = originals
+        grade_mod.triage = original_triage
         GradingBroker.start = original_start
+    runs = {}  # each executed notebook's run as results.jsonl records it (one value per notebook)
+    for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if "seconds" in row:
+            runs[row["student"]] = float(row["seconds"])
+    for student, run_seconds in runs.items():
+        per_student[student] += run_seconds
     return summary, seconds, dict(per_student), sum(broker_start)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -26,11 +27,17 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def default_workers() -> int:
+    """One worker per core, at most 4: a graded kernel spends most of its time waiting on the broker."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def register(sub) -> None:
     p = sub.add_parser("grade", help="corrige as entregas de uma turma, cada aluno isolado no broker")
     p.add_argument("submissions", help="pasta com uma pasta ou zip por aluno")
     p.add_argument("--out", required=True, help="pasta dos resultados")
-    p.add_argument("--workers", type=int, default=1, help="cadernos corrigidos em paralelo (padrão 1)")
+    p.add_argument("--workers", type=int, default=default_workers(),
+                   help=f"cadernos corrigidos em paralelo (padrão {default_workers()}: os núcleos desta máquina, até 4)")
     p.add_argument("--timeout", type=float, default=600.0, help="segundos por caderno (padrão 600)")
     p.add_argument("--cell-timeout", type=float, default=60.0, help="segundos por célula (padrão 60)")
     p.add_argument("--only", nargs="+", metavar="NN", help="só estes capítulos, ex.: --only 02 03")

@@ -355,6 +355,8 @@ def grade(options: GradeOptions, broker: GradingBroker | None = None) -> report.
         else:
             to_run.append((job, decided))
     needs_broker = bool(to_run)
+    if needs_broker:
+        threading.Thread(target=report.prepare_plotting, name="curso-grade-plotting", daemon=True).start()
     own_broker = broker is None and needs_broker
     if own_broker:
         broker = GradingBroker().start()

@@ -89,9 +89,11 @@ class GradingBroker:
         return self
 
     def stop(self) -> None:
+        """Kill the node and remove what it had: nothing of a grading node outlives the run, so there
+        is nothing to shut down cleanly (a clean stop took 7 s of every run)."""
         try:
             with self.inside():
-                self.node.stop()
+                self.node.kill()
         finally:
             self._close_namespace()
         if self._own_dir:

@@ -117,10 +117,17 @@ def feedback(student: str, rows: pd.DataFrame, canonicals) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_summary(grades: pd.DataFrame, pass_rate: pd.Series, path: Path) -> Path:
+def prepare_plotting() -> None:
+    """Import matplotlib (Agg) for `plot_summary`; `grade` calls it in a thread while the notebooks
+    run, so the import (about 1 s) is not paid after the last one."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot  # noqa: F401
+
+
+def plot_summary(grades: pd.DataFrame, pass_rate: pd.Series, path: Path) -> Path:
+    prepare_plotting()
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
