@@ -172,11 +172,12 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def parent_death_signal() -> None:
-    """In the child: get SIGTERM when the parent dies (the server script then stops the node)."""
+def parent_death_signal(signum: int = signal.SIGTERM) -> None:
+    """In the child: get `signum` (SIGTERM: the server script then stops the node) when the parent
+    thread that started this process dies."""
     try:
         import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signum))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 

@@ -1,8 +1,8 @@
 """Executing rebuilt notebooks for grading, in the grader's own process.
 
-Each notebook gets a kernel of its own (`python -m course_utils.grading.kernel`: an ipykernel with
-an address-space limit that dies with the grader's thread that started it), started with the
-student's environment only (`kernel_env`) in a scratch folder, talking to the grader over
+Each notebook gets a kernel of its own, forked by the run's fork server (`forkserver.py`: warm
+imports, so a kernel is ready in a fraction of a second) with the student's environment only
+(`kernel_env`), an address-space limit and its scratch folder, talking to the grader over
 Unix-domain sockets (the `ipc` transport: nothing listens on TCP, and the grader reaches it from
 any network namespace). nbclient runs the cells one by one; for every check cell the grader, not
 the kernel, takes the exercise's `snapshot` before the cell and runs its broker-side `verify` after
@@ -10,14 +10,15 @@ it, with the student's own credentials, so whatever the kernel monkeypatched (`v
 `AssertionError`, the traceback display), the verdict on the broker is the grader's.
 
 A worker overlaps two notebooks: while one runs, the next one's student space is made and its
-kernel starts (`Prepared`), so a kernel's start-up (1-2 s) is not paid between notebooks.
-Each step is a small function: `prepare` → `run_cells` (with `_CheckHooks`) → `cleanup`.
+kernel forked (`Prepared`). Each step is a small function: `prepare` → `run_cells` (with
+`_CheckHooks`) → `cleanup`.
 """
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
-import sys
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -25,69 +26,91 @@ from pathlib import Path
 from typing import Callable
 
 import nbformat
-from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_client.connect import write_connection_file
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 from ..broker import from_url, verify_login
 from ..nbrun import CellOutcome, NotebookRun, kill_leftovers
+from .forkserver import KernelFactory
 from .gradebroker import GradingBroker, StudentSpace
 
 DEAD = "Kernel dead (DeadKernelError): o kernel morreu"
 STARTUP_TIMEOUT = 60
 
 
-class _GradedKernelManager(AsyncKernelManager):
-    """A KernelManager whose kernel command is the grader's launcher (`grading/kernel.py`)."""
+class ForkedKernel:
+    """What nbclient needs of a kernel manager, for a kernel the fork server forked: a client from
+    the connection file, interrupt (SIGINT), liveness, and kill (its whole process group)."""
 
-    memory_limit = 0
+    def __init__(self, pid: int, connection_file: Path):
+        self.pid = pid
+        self.connection_file = connection_file
+        self.kernel_id = f"curso-grade-{pid}"
+        self.has_kernel = True
 
-    def format_kernel_cmd(self, extra_arguments=None):
-        return [sys.executable, "-m", "course_utils.grading.kernel", str(int(self.memory_limit)),
-                "-f", self.connection_file]
+    def client(self) -> AsyncKernelClient:
+        kc = AsyncKernelClient()
+        kc.load_connection_file(str(self.connection_file))
+        return kc
+
+    def is_alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def interrupt_kernel(self) -> None:
+        if self.is_alive():
+            os.kill(self.pid, signal.SIGINT)
+
+    def shutdown_kernel(self, now: bool = True, restart: bool = False) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.has_kernel = False
+
+    def cleanup_resources(self, restart: bool = False) -> None:
+        pass
 
 
 @dataclass
 class Prepared:
     """A notebook ready to run: its student space on the grading broker, its scratch folder, and its
-    kernel, started (not necessarily ready yet)."""
+    kernel, forked (not necessarily ready yet)."""
 
     space: StudentSpace
     folder: Path
-    km: _GradedKernelManager
-    log: object  # the kernel's stdout and stderr, a file in `folder`
+    km: ForkedKernel
 
 
-async def prepare(label: str, broker: GradingBroker, env_for: Callable[[StudentSpace, Path], dict],
-                  memory_limit: int) -> Prepared:
-    """Make the student's space and scratch folder and start the kernel (call inside the broker's
-    namespace: the kernel process inherits the calling thread's)."""
+async def prepare(label: str, broker: GradingBroker, factory: KernelFactory,
+                  env_for: Callable[[StudentSpace, Path], dict], memory_limit: int) -> Prepared:
+    """Make the student's space and scratch folder and fork the kernel."""
     space = broker.space(label)
     folder = Path(tempfile.mkdtemp(prefix="curso-grade-job-"))
     try:
         home = folder / "home"
         home.mkdir()
-        km = _GradedKernelManager(kernel_name="python3", transport="ipc")
-        km.ip = str(folder / "k")  # ipc: the sockets are files named after this prefix
-        km.connection_file = str(folder / "kernel.json")
-        km.memory_limit = memory_limit
-        log = open(folder / "kernel.log", "wb")
-        await km.start_kernel(env=env_for(space, home), cwd=str(folder), stdout=log, stderr=log)
+        connection_file, _ = write_connection_file(str(folder / "kernel.json"), transport="ipc",
+                                                   ip=str(folder / "k"))  # ipc: sockets are files named k-N
+        pid = factory.fork(Path(connection_file), folder, folder / "kernel.log", env_for(space, home), memory_limit)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         broker.drop(space)
         raise
-    return Prepared(space, folder, km, log)
+    return Prepared(space, folder, ForkedKernel(pid, Path(connection_file)))
 
 
 async def cleanup(prepared: Prepared, broker: GradingBroker) -> None:
-    """Stop the kernel (and its process group), drop the student space, remove the scratch folder."""
+    """Kill the kernel (and its process group), drop the student space, remove the scratch folder."""
     try:
-        try:
-            await prepared.km.shutdown_kernel(now=True)
-        except Exception:  # noqa: BLE001 - a kernel already gone
-            pass
-        prepared.log.close()
+        prepared.km.shutdown_kernel(now=True)
         kill_leftovers(prepared.folder)
     finally:
         try:
@@ -203,7 +226,9 @@ async def run_cells(nb: nbformat.NotebookNode, prepared: Prepared, cell_timeout:
     finally:
         if client.kc is not None:
             client.kc.stop_channels()
-    prepared.log.flush()
-    log = (prepared.folder / "kernel.log").read_text(encoding="utf-8", errors="replace")[-4000:]
+    try:
+        log = (prepared.folder / "kernel.log").read_text(encoding="utf-8", errors="replace")[-4000:]
+    except OSError:
+        log = ""
     output = "\n".join([*notes, log]).strip()
     return NotebookRun(cells, 0, timed_out, output, time.monotonic() - started), hooks.verdicts

@@ -190,8 +190,8 @@ def triage(job: Job, options: GradeOptions) -> Rebuilt | list[ExerciseResult]:
     return rebuilt
 
 
-def execute_all(to_run: list[tuple[Job, Rebuilt]], broker: GradingBroker, options: GradeOptions,
-                emit: Callable[[list[ExerciseResult]], None]) -> None:
+def execute_all(to_run: list[tuple[Job, Rebuilt]], broker: GradingBroker, factory: execute.KernelFactory,
+                options: GradeOptions, emit: Callable[[list[ExerciseResult]], None]) -> None:
     """Run every rebuilt notebook on the grading broker, `options.workers` at a time, and hand each
     notebook's results to `emit` as soon as they are known. Each worker is a thread inside the
     broker's namespace with an event loop of its own (`_worker`)."""
@@ -203,7 +203,7 @@ def execute_all(to_run: list[tuple[Job, Rebuilt]], broker: GradingBroker, option
     def worker() -> None:
         try:
             with broker.inside():  # the kernels and every management call live in the node's namespace
-                asyncio.run(_worker(pending, broker, options, emit))
+                asyncio.run(_worker(pending, broker, factory, options, emit))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             failures.append(exc)
 
@@ -224,14 +224,14 @@ def _take(pending: queue.Queue) -> tuple[Job, Rebuilt] | None:
         return None
 
 
-async def _worker(pending: queue.Queue, broker: GradingBroker, options: GradeOptions,
-                  emit: Callable[[list[ExerciseResult]], None]) -> None:
-    """Take notebooks until none is left; while one runs, the next one's kernel starts."""
+async def _worker(pending: queue.Queue, broker: GradingBroker, factory: execute.KernelFactory,
+                  options: GradeOptions, emit: Callable[[list[ExerciseResult]], None]) -> None:
+    """Take notebooks until none is left; while one runs, the next one's kernel is forked."""
 
     def start(item):
         job, _rebuilt = item
         label = f"{job.student[:24]}-{job.canonical.name[:2]}"
-        return asyncio.ensure_future(execute.prepare(label, broker, kernel_env, options.memory_limit))
+        return asyncio.ensure_future(execute.prepare(label, broker, factory, kernel_env, options.memory_limit))
 
     item = _take(pending)
     ready = start(item) if item else None
@@ -359,7 +359,7 @@ def grade(options: GradeOptions, broker: GradingBroker | None = None) -> report.
         threading.Thread(target=report.prepare_plotting, name="curso-grade-plotting", daemon=True).start()
     own_broker = broker is None and needs_broker
     if own_broker:
-        broker = GradingBroker().start()
+        broker = GradingBroker().open()
     if needs_broker and not broker.confined and options.progress:
         print(f"aviso: os cadernos rodam sem isolamento de rede ({broker.unconfined_reason}).", file=sys.stderr)
     if needs_broker and not broker.confined and not options.allow_guest_broker:
@@ -369,14 +369,22 @@ def grade(options: GradeOptions, broker: GradingBroker | None = None) -> report.
                 broker.stop()
             bar.close()
             raise GradingRefused(refusal(found, broker.unconfined_reason or "os cadernos não estão isolados"))
+
     def emit(results: list[ExerciseResult]) -> None:
         store.add(results)
         bar.update(1)
 
+    factory = execute.KernelFactory()
     try:
-        execute_all(to_run, broker, options, emit)
+        if needs_broker:
+            with broker.inside():
+                factory.start()  # its imports run while the node boots
+        if own_broker:
+            broker.start()
+        execute_all(to_run, broker, factory, options, emit)
     finally:
         bar.close()
+        factory.stop()
         if own_broker:
             broker.stop()
     summary = report.write_all(options.out, store.latest(), canonicals, [w.student for w in students])

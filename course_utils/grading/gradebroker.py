@@ -63,14 +63,20 @@ class GradingBroker:
         """A block run with the current thread in the node's network namespace (or as is, unconfined)."""
         return self.namespace.inside() if self.namespace is not None else contextlib.nullcontext()
 
-    def start(self, timeout: float = 90.0) -> "GradingBroker":
-        if self.unconfined_reason is None:
+    def open(self) -> "GradingBroker":
+        """Make the private network namespace, where it can (`start` does it too), so that the
+        grader can start what must live there while the node boots."""
+        if self.namespace is None and self.unconfined_reason is None:
             try:
                 self.namespace = NetNamespace().open()
             except OSError as exc:  # e.g. a container without CAP_SYS_ADMIN: unshare is refused
                 if self._confine:
                     raise
                 self.unconfined_reason = str(exc)
+        return self
+
+    def start(self, timeout: float = 90.0) -> "GradingBroker":
+        self.open()
         try:
             with self.inside():
                 self.node.start(timeout)
