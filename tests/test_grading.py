@@ -213,6 +213,55 @@ def test_killed_run_keeps_finished_results(tmp_path, grading_broker):
     assert list(resumed.grades["total"]) == [5.0, 5.0, 5.0]
 
 
+def _processes_in(folder: Path) -> list[int]:
+    """Pids of the processes whose working directory is inside `folder` (a kernel runs in its job's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")).is_relative_to(folder):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_node_that_never_boots_grades_nothing_and_leaves_nothing(tmp_path, monkeypatch):
+    """The kernels are forked while the node boots; if it never answers, grade() raises, records no
+    result (a re-run grades everything) and no kernel outlives it."""
+    import tempfile
+
+    from course_utils.errors import BrokerStartError
+
+    subs, out, jobs = tmp_path / "entregas", tmp_path / "resultados", tmp_path / "jobs"
+    jobs.mkdir()
+    for student in ("b1", "b2"):
+        (subs / student).mkdir(parents=True)
+        (subs / student / fixture.NAME).write_bytes((ROOT / "solutions" / fixture.NAME).read_bytes())
+
+    forked = []
+
+    def never_boots(self, timeout: float = 90.0):
+        self.open()
+        time.sleep(2)  # long enough for the workers to fork their first kernels
+        forked.extend(_processes_in(jobs))
+        raise BrokerStartError("o nó de correção não subiu (teste)")
+
+    monkeypatch.setattr(GradingBroker, "start", never_boots)
+    monkeypatch.setattr(tempfile, "tempdir", str(jobs))  # the kernels' folders, named in their environment
+    with pytest.raises(BrokerStartError, match="não subiu"):
+        grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", only=("02",),
+                           workers=2, progress=False))
+    assert forked, "no kernel was forked while the node booted"
+    results = out / "results.jsonl"
+    assert not results.exists() or not results.read_text().strip(), results.read_text()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _processes_in(jobs):
+        time.sleep(0.2)
+    assert not _processes_in(jobs), "kernels forked while the node booted outlived the run"
+    assert not list(jobs.iterdir()), "the kernels' scratch folders were left behind"
+
+
 def _children(parent: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

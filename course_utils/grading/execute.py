@@ -15,6 +15,7 @@ kernel forked (`Prepared`). Each step is a small function: `prepare` → `run_ce
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -87,12 +88,19 @@ class Prepared:
     space: StudentSpace
     folder: Path
     km: ForkedKernel
+    created: bool = False  # the space exists on the node (the node may still have been booting)
+
+
+class NodeDown(Exception):
+    """The grading node never came up: the notebook was not graded (and gets no result)."""
 
 
 async def prepare(label: str, broker: GradingBroker, factory: KernelFactory,
-                  env_for: Callable[[StudentSpace, Path], dict], memory_limit: int) -> Prepared:
-    """Make the student's space and scratch folder and fork the kernel."""
-    space = broker.space(label)
+                  env_for: Callable[[StudentSpace, Path], dict], memory_limit: int,
+                  booted: Callable[[], bool | None] = lambda: True) -> Prepared:
+    """Fork the kernel with a reserved space's environment, then, once the node is up (`booted()`:
+    True when it is, False when it never will be, None while it boots), make the space on it."""
+    space = broker.reserve(label)
     folder = Path(tempfile.mkdtemp(prefix="curso-grade-job-"))
     try:
         home = folder / "home"
@@ -102,9 +110,19 @@ async def prepare(label: str, broker: GradingBroker, factory: KernelFactory,
         pid = factory.fork(Path(connection_file), folder, folder / "kernel.log", env_for(space, home), memory_limit)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
-        broker.drop(space)
         raise
-    return Prepared(space, folder, ForkedKernel(pid, Path(connection_file)))
+    prepared = Prepared(space, folder, ForkedKernel(pid, Path(connection_file)))
+    try:
+        while (up := booted()) is None:
+            await asyncio.sleep(0.02)
+        if not up:
+            raise NodeDown()
+        broker.create(space)
+        prepared.created = True
+    except BaseException:
+        await cleanup(prepared, broker)
+        raise
+    return prepared
 
 
 async def cleanup(prepared: Prepared, broker: GradingBroker) -> None:
@@ -114,7 +132,8 @@ async def cleanup(prepared: Prepared, broker: GradingBroker) -> None:
         kill_leftovers(prepared.folder)
     finally:
         try:
-            broker.drop(prepared.space)
+            if prepared.created:
+                broker.drop(prepared.space)
         finally:
             shutil.rmtree(prepared.folder, ignore_errors=True)
 

@@ -191,19 +191,23 @@ def triage(job: Job, options: GradeOptions) -> Rebuilt | list[ExerciseResult]:
 
 
 def execute_all(to_run: list[tuple[Job, Rebuilt]], broker: GradingBroker, factory: execute.KernelFactory,
-                options: GradeOptions, emit: Callable[[list[ExerciseResult]], None]) -> None:
+                options: GradeOptions, emit: Callable[[list[ExerciseResult]], None],
+                boot: Callable[[], object] | None = None) -> None:
     """Run every rebuilt notebook on the grading broker, `options.workers` at a time, and hand each
     notebook's results to `emit` as soon as they are known. Each worker is a thread inside the
-    broker's namespace with an event loop of its own (`_worker`)."""
+    broker's namespace with an event loop of its own (`_worker`). `boot`, when given, starts the
+    node in the calling thread (which the node then dies with) after the workers have started:
+    they fork their first kernels while it boots."""
     pending: queue.Queue = queue.Queue()
     for item in to_run:
         pending.put(item)
     failures: list[BaseException] = []
+    state: dict[str, bool | None] = {"up": None if boot else True}
 
     def worker() -> None:
         try:
             with broker.inside():  # the kernels and every management call live in the node's namespace
-                asyncio.run(_worker(pending, broker, factory, options, emit))
+                asyncio.run(_worker(pending, broker, factory, options, emit, lambda: state["up"]))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             failures.append(exc)
 
@@ -211,8 +215,15 @@ def execute_all(to_run: list[tuple[Job, Rebuilt]], broker: GradingBroker, factor
                for n in range(max(1, min(options.workers, len(to_run))))]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        if boot is not None:
+            boot()
+            state["up"] = True
+    finally:
+        if state["up"] is None:  # boot() raised: the workers stop, their kernels go
+            state["up"] = False
+        for thread in threads:
+            thread.join()
     if failures:
         raise failures[0]
 
@@ -225,13 +236,15 @@ def _take(pending: queue.Queue) -> tuple[Job, Rebuilt] | None:
 
 
 async def _worker(pending: queue.Queue, broker: GradingBroker, factory: execute.KernelFactory,
-                  options: GradeOptions, emit: Callable[[list[ExerciseResult]], None]) -> None:
-    """Take notebooks until none is left; while one runs, the next one's kernel is forked."""
+                  options: GradeOptions, emit: Callable[[list[ExerciseResult]], None],
+                  booted: Callable[[], bool | None]) -> None:
+    """Take notebooks until none is left; while one runs, the next one's kernel is forked. If the
+    node never comes up, stop without a result (nothing was graded)."""
 
     def start(item):
         job, _rebuilt = item
         label = f"{job.student[:24]}-{job.canonical.name[:2]}"
-        return asyncio.ensure_future(execute.prepare(label, broker, factory, kernel_env, options.memory_limit))
+        return asyncio.ensure_future(execute.prepare(label, broker, factory, kernel_env, options.memory_limit, booted))
 
     item = _take(pending)
     ready = start(item) if item else None
@@ -242,6 +255,9 @@ async def _worker(pending: queue.Queue, broker: GradingBroker, factory: execute.
             ready = start(item) if item else None
             try:
                 prepared = await current
+            except execute.NodeDown:
+                pending.put(item) if item else None  # not taken after all
+                return
             except Exception as exc:  # noqa: BLE001 - no kernel for this notebook: its result says why
                 emit(_all(job, Status.ERROR, f"erro do corretor ao preparar o kernel: {exc.__class__.__name__}: {exc}"))
                 continue
@@ -379,9 +395,9 @@ def grade(options: GradeOptions, broker: GradingBroker | None = None) -> report.
         if needs_broker:
             with broker.inside():
                 factory.start()  # its imports run while the node boots
-        if own_broker:
-            broker.start()
-        execute_all(to_run, broker, factory, options, emit)
+        # The node boots in this thread (it dies with the thread that started it), while the
+        # workers fork their first kernels.
+        execute_all(to_run, broker, factory, options, emit, boot=broker.start if own_broker else None)
     finally:
         bar.close()
         factory.stop()

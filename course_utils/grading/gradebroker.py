@@ -128,16 +128,25 @@ class GradingBroker:
     # student spaces ---------------------------------------------------------------------
     def space(self, label: str) -> StudentSpace:
         """A fresh vhost and a user allowed only there."""
+        return self.create(self.reserve(label))
+
+    def reserve(self, label: str) -> StudentSpace:
+        """The names, password and URLs of a new student space, made up before the node needs to
+        answer (a kernel can be started with them while it boots); `create` makes it on the node."""
         token = secrets.token_hex(4)
         vhost = f"grade-{label}-{token}"
         user = f"aluno-{label}-{token}"
         password = secrets.token_urlsafe(18)
-        admin = self.admin
-        admin.create_vhost(vhost, description=f"curso grade: {label}")
-        admin.create_user(user, password, tags="management")
-        admin.set_permissions(user, vhost)
         url = f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{self.host}:{self.amqp_port}/{quote(vhost, safe='')}"
         return StudentSpace(vhost, user, password, url, self.management_url)
+
+    def create(self, space: StudentSpace) -> StudentSpace:
+        """Make a reserved space on the node: its vhost, and its user with permissions there only."""
+        admin = self.admin
+        admin.create_vhost(space.vhost, description=f"curso grade: {space.vhost}")
+        admin.create_user(space.user, space.password, tags="management")
+        admin.set_permissions(space.user, space.vhost)
+        return space
 
     def drop(self, space: StudentSpace) -> None:
         """Delete the user (closing its connections) and the vhost."""
