@@ -6,6 +6,7 @@ permissions and message peeking. Every call has a timeout; errors become pt-BR C
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any, Iterable
 from urllib.parse import quote
 
@@ -110,6 +111,24 @@ class Management:
 
     def delete_vhost(self, vhost: str) -> None:
         self.request("DELETE", f"vhosts/{_q(vhost)}", ok=(404,))
+
+    def recreate_vhost(self, vhost: str, description: str = "", attempts: int = 4) -> None:
+        """Delete `vhost` and create it again, empty.
+
+        The node removes a deleted vhost's message-store folder after the DELETE has answered, and
+        a vhost of the same name has the same folder: created again at once, on a busy node, it can
+        collide with that removal (RabbitMQ 3.10 answers 500 `failed_to_start_vhost_on_nodes`, and
+        the vhost exists but is broken). Then it is deleted and created again, a little later."""
+        for attempt in range(attempts):
+            self.delete_vhost(vhost)
+            if attempt:
+                time.sleep(0.25 * 2 ** attempt)
+            try:
+                self.create_vhost(vhost, description)
+                return
+            except ManagementError as exc:
+                if exc.status != 500 or attempt == attempts - 1:
+                    raise
 
     def set_tracing(self, on: bool, vhost: str | None = None) -> None:
         """Switch the firehose tracer of the vhost on or off (`rabbitmqctl trace_on -p VHOST`),

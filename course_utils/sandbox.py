@@ -92,8 +92,7 @@ class Chapter:
             raise CourseError("Este vhost veio de RABBITMQ_URL: o curso não o apaga.")
         self.close_connections()
         admin = self.broker.management()
-        admin.delete_vhost(self.vhost)
-        admin.create_vhost(self.vhost, description=f"Curso RabbitMQ com Python: {self.name}")
+        admin.recreate_vhost(self.vhost, description=f"Curso RabbitMQ com Python: {self.name}")
         admin.set_permissions(self.broker.username, self.vhost)
 
     def close_connections(self, *connections) -> int:

@@ -159,3 +159,40 @@ def _listed_connection(curso, timeout: float = 10.0) -> dict:
             return records[0]
         time.sleep(0.2)
     raise AssertionError("the broker never listed the connection")
+
+
+def test_recreate_vhost_retries_when_the_old_vhosts_storage_is_still_being_removed(monkeypatch):
+    """RabbitMQ 3.10 removes a deleted vhost's message store after DELETE has answered; a vhost of
+    the same name created at once can collide with it (500 failed_to_start_vhost_on_nodes, seen in a
+    fresh-clone run of the suite). recreate_vhost deletes the broken vhost and creates it again; any
+    other refusal is raised at once, and so is the last 500."""
+    import course_utils.management as mgmt
+
+    monkeypatch.setattr(mgmt.time, "sleep", lambda seconds: None)
+    answers, calls = [], []
+
+    def request(method, path, json=None, ok=()):
+        calls.append(method)
+        if method == "PUT":
+            status = answers.pop(0)
+            if status:
+                raise mgmt.ManagementError(f"respondeu {status}", status)
+
+    admin = mgmt.Management("http://127.0.0.1:1", "guest", "guest")
+    monkeypatch.setattr(admin, "request", request)
+
+    answers[:] = [500, None]
+    admin.recreate_vhost("curso-x")
+    assert calls == ["DELETE", "PUT", "DELETE", "PUT"]
+
+    calls.clear()
+    answers[:] = [403]
+    with pytest.raises(mgmt.ManagementError):
+        admin.recreate_vhost("curso-x")
+    assert calls == ["DELETE", "PUT"]
+
+    calls.clear()
+    answers[:] = [500, 500, 500, 500]
+    with pytest.raises(mgmt.ManagementError):
+        admin.recreate_vhost("curso-x")
+    assert calls == ["DELETE", "PUT"] * 4
