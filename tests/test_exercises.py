@@ -9,6 +9,7 @@ import importlib.util
 import itertools
 import os
 import re
+import time
 import shutil
 from pathlib import Path
 
@@ -178,3 +179,23 @@ def test_blank_exercises_fail_every_check(course_broker, chapter):
                                             f"({outcome.status}):\n{outcome.message[-3000:]}\n{run.output[-3000:]}")
         assert outcome.error[0] == "AssertionError", f"{check.exercise}: failed with {outcome.error}, not a hint"
         assert outcome.error[1].startswith(f"Exercício {check.exercise}: ")
+
+
+def test_the_time_limit_outlasts_an_alarm_python_dropped():
+    """A learner's call is cut by an alarm. Python drops an exception raised while it runs a
+    finalizer or a weakref callback, and a learner's poison loop makes plenty of garbage: the alarm
+    then repeats until the call ends (a one-shot alarm once let such a loop run until the suite's
+    own timeout)."""
+    from course_utils.exercises.kit import _Timeout, time_limit
+
+    dropped, started = [], time.monotonic()
+    with pytest.raises(_Timeout):
+        with time_limit(0.2):
+            while time.monotonic() - started < 5:
+                try:
+                    time.sleep(0.01)
+                except _Timeout:
+                    if dropped:
+                        raise
+                    dropped.append(time.monotonic() - started)  # as a finalizer would: printed, dropped
+    assert dropped and time.monotonic() - started < 1.5, (dropped, time.monotonic() - started)
