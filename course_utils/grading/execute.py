@@ -33,6 +33,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 from ..broker import from_url, verify_login
+from ..native import pid_alive
 from ..nbrun import CellOutcome, NotebookRun, kill_leftovers
 from .forkserver import KernelFactory
 from .gradebroker import GradingBroker, StudentSpace
@@ -57,13 +58,7 @@ class ForkedKernel:
         return kc
 
     def is_alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(self.pid)
 
     def interrupt_kernel(self) -> None:
         if self.is_alive():

@@ -255,8 +255,7 @@ async def _worker(pending: queue.Queue, broker: GradingBroker, factory: execute.
             ready = start(item) if item else None
             try:
                 prepared = await current
-            except execute.NodeDown:
-                pending.put(item) if item else None  # not taken after all
+            except execute.NodeDown:  # grade() raises the boot's error; nothing was graded
                 return
             except Exception as exc:  # noqa: BLE001 - no kernel for this notebook: its result says why
                 emit(_all(job, Status.ERROR, f"erro do corretor ao preparar o kernel: {exc.__class__.__name__}: {exc}"))
