@@ -243,8 +243,10 @@ def test_a_node_that_never_boots_grades_nothing_and_leaves_nothing(tmp_path, mon
 
     def never_boots(self, timeout: float = 90.0):
         self.open()
-        time.sleep(2)  # long enough for the workers to fork their first kernels
-        forked.extend(_processes_in(jobs))
+        deadline = time.monotonic() + 60  # the fork server's imports come first: seconds on a loaded machine
+        while time.monotonic() < deadline and not forked:
+            time.sleep(0.2)
+            forked.extend(_processes_in(jobs))
         raise BrokerStartError("o nó de correção não subiu (teste)")
 
     monkeypatch.setattr(GradingBroker, "start", never_boots)
