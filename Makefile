@@ -20,7 +20,10 @@ LAB_ARGS ?=
 PYTEST_ARGS ?=
 WORKERS ?= 4
 REPORTS ?= .reports
-PYTEST := $(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup
+# --max-worker-restart=0: a crashed worker ends the run (red, with the test it crashed on) instead of
+# being replaced: pytest-xdist 3.8.0's loadgroup scheduler can hang for ever after a replacement
+# (pytest-dev/pytest-xdist#1323, #1378; a CI run hung until its time limit that way).
+PYTEST := $(BIN)/python -m pytest -n $(WORKERS) --dist loadgroup --max-worker-restart=0
 ROOT_FLAG := $(shell [ "$$(id -u)" = "0" ] && echo --allow-root)
 
 .PHONY: lab test test-fast test-chapter test-browser setup venv rabbitmq chromium broker-up broker4-up exercises clean help

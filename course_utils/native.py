@@ -268,10 +268,27 @@ class NativeNode:
 
     # state ------------------------------------------------------------------------------
     def pid(self) -> int | None:
+        """The pid in the node's pid file, or None: no file, or a file left by a node that died
+        and whose pid now belongs to another process. Linux reuses pids (pid_max is often 32768,
+        which a test suite goes through), so a stale file must never make us signal a stranger."""
         try:
-            return int(self.pid_file.read_text().strip())
+            pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
+        return pid if self._is_this_node(pid) else None
+
+    def _is_this_node(self, pid: int) -> bool:
+        """True unless `pid` is a live process that is not this node's VM: the VM's command line
+        names the node's home folder (`-home`); a process that no longer exists counts as this
+        node's, dead (`pid_alive` says so)."""
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return not Path("/proc/self").exists()  # no /proc: nothing to tell them apart with
+        home = self.node_path(self.home).encode()
+        return any(a == b"-home" and b == home for a, b in zip(argv, argv[1:]))
 
     def is_running(self) -> bool:
         pid = self.pid()

@@ -55,6 +55,22 @@ def test_stale_pid_file_is_recovered(spare_node):
     assert spare_node.is_running() and spare_node.pid() != dead.pid
     assert _roundtrip(spare_node) == b"pong"
 
+def test_a_stale_pid_file_never_signals_the_process_that_reused_the_pid(spare_node):
+    """A node that died leaves its pid file; Linux hands the pid out again (pid_max is 32768 here,
+    and a suite goes through that). Stopping or killing the node must leave that stranger alone:
+    an xdist worker that got such a pid was SIGKILLed mid-run, and xdist then hung."""
+    spare_node.base_dir.mkdir(parents=True)
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        spare_node.pid_file.write_text(str(stranger.pid))
+        assert spare_node.pid() is None and not spare_node.is_running()
+        assert spare_node.stop(timeout=1) is False and spare_node.kill(timeout=1) is False
+        assert stranger.poll() is None, "the stranger holding the stale pid was signalled"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 
 def test_killed_node_restarts(spare_node):
     spare_node.start(timeout=60)
