@@ -22,7 +22,7 @@ from pathlib import Path
 
 TOOLKIT = {"test_topology", "test_routing", "test_trace", "test_throughput", "test_monitor", "test_widgets",
            "test_browser", "test_background"}
-GRADING = {"test_grading"}
+GRADING = {"test_grading", "test_execute"}
 _PARAM = re.compile(r"\[(.*)\]$")
 
 

@@ -172,6 +172,15 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat), or None if there is
+    no such process (or no /proc). A pid and its start time name one process: Linux reuses pids."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def parent_death_signal(signum: int = signal.SIGTERM) -> None:
     """In the child: get `signum` (SIGTERM: the server script then stops the node) when the parent
     thread that started this process dies."""

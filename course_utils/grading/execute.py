@@ -33,7 +33,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 from ..broker import from_url, verify_login
-from ..native import pid_alive
+from ..native import pid_alive, start_time
 from ..nbrun import CellOutcome, NotebookRun, kill_leftovers
 from .forkserver import KernelFactory
 from .gradebroker import GradingBroker, StudentSpace
@@ -48,6 +48,7 @@ class ForkedKernel:
 
     def __init__(self, pid: int, connection_file: Path):
         self.pid = pid
+        self.started = start_time(pid)  # with the pid, names the kernel (pids are reused)
         self.connection_file = connection_file
         self.kernel_id = f"curso-grade-{pid}"
         self.has_kernel = True
@@ -58,15 +59,22 @@ class ForkedKernel:
         return kc
 
     def is_alive(self) -> bool:
-        return pid_alive(self.pid)
+        return pid_alive(self.pid) and start_time(self.pid) == self.started
+
+    def _pid_reused(self) -> bool:
+        now = start_time(self.pid)
+        return now is not None and now != self.started
 
     def interrupt_kernel(self) -> None:
         if self.is_alive():
             os.kill(self.pid, signal.SIGINT)
 
     def shutdown_kernel(self, now: bool = True, restart: bool = False) -> None:
+        """SIGKILL the kernel's process group (what the student started goes too), unless its pid
+        now names another process: then that group is gone, and the pid is a stranger's."""
         try:
-            os.killpg(self.pid, signal.SIGKILL)
+            if not self._pid_reused():
+                os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
         self.has_kernel = False

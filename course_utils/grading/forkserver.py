@@ -147,21 +147,13 @@ class KernelFactory:
             return int(answer["pid"])
 
     def _kill(self) -> None:
-        proc = self._proc
-        if proc is not None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        _kill_group(self._proc)
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            proc.kill()
+        _kill_group(proc)
         proc.wait()
         self._ready = False
         for stream in (proc.stdin, proc.stdout):
@@ -169,6 +161,18 @@ class KernelFactory:
                 stream.close()
             except OSError:
                 pass
+
+
+def _kill_group(proc: subprocess.Popen | None) -> None:
+    """SIGKILL the fork server's process group (a child forked but not yet in a session of its
+    own is in it), only while the fork server is unreaped: once reaped, its pid may be another
+    process's (Linux reuses pids)."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
 
 
 if __name__ == "__main__":
