@@ -9,8 +9,9 @@
 #   make test-browser      chapter 3 in JupyterLab in Debian's Chromium (Playwright): no errors, figures
 #                          as pictures, a live widget; screenshots in $(REPORTS)/browser/
 # Variables: PYTHON (default python3), VENV (default .venv), LAB_ARGS (extra JupyterLab flags,
-# e.g. LAB_ARGS=--no-browser), PYTEST_ARGS, WORKERS (pytest-xdist workers, default 4: the tests
-# mostly wait on the broker, so more workers than cores pays), REPORTS (default .reports).
+# e.g. LAB_ARGS=--no-browser), PYTEST_ARGS, WORKERS (pytest-xdist workers, default 6: the tests
+# mostly wait on the broker, so more workers than cores pays: on 2 cores the suite took 459 s with 4
+# and 419 s with 6, the CPU then ~90% busy), REPORTS (default .reports).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 LAB_ARGS ?=
 PYTEST_ARGS ?=
-WORKERS ?= 4
+WORKERS ?= 6
 REPORTS ?= .reports
 # --max-worker-restart=0: a crashed worker ends the run (red, with the test it crashed on) instead of
 # being replaced: pytest-xdist 3.8.0's loadgroup scheduler can hang for ever after a replacement
