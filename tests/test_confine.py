@@ -55,6 +55,22 @@ def test_close_kills_what_lives_inside():
 
 
 @needs_namespace
+def test_close_from_inside_kills_the_rest_but_not_the_caller():
+    """/proc/PID/ns/net is the namespace of the process's leading thread: while that thread is inside,
+    the process itself is among `processes()`, and close() must not SIGKILL it (a pytest worker or a
+    grader would die). Run in a child, which the bug kills."""
+    code = ("import subprocess; from course_utils.grading.confine import NetNamespace\n"
+            "n = NetNamespace().open()\n"
+            "with n.inside():\n"
+            "    sleeper = subprocess.Popen(['sleep', '30'])\n"
+            "    n.close()\n"
+            "print('survived', sleeper.wait(timeout=5), flush=True)\n")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
+    assert child.returncode == 0 and child.stdout.split() == ["survived", "-9"], (child.returncode, child.stdout,
+                                                                                  child.stderr[-500:])
+
+
+@needs_namespace
 def test_a_grader_killed_with_sigkill_leaves_nothing_inside():
     code = ("from course_utils.grading.confine import NetNamespace; import sys, time; n = NetNamespace().open(); "
             "print(' '.join(map(str, n.processes())), flush=True); time.sleep(300)")

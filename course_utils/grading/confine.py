@@ -143,7 +143,9 @@ class NetNamespace:
         a kernel may have left a process behind), then the holder; the namespace goes with them."""
         holder = self._holder.pid if self._holder is not None else None
         for pid in self.processes():
-            if pid != holder and _parent_of(pid) != holder:  # the holder stops its own port mapper
+            # the holder stops its own port mapper; and this process is in the list while the thread
+            # that leads it is inside the namespace (/proc/PID/ns/net is that thread's)
+            if pid not in (holder, os.getpid()) and _parent_of(pid) != holder:
                 with contextlib.suppress(OSError):
                     os.kill(pid, 9)
         if self._fd is not None:
