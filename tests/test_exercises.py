@@ -199,3 +199,16 @@ def test_the_time_limit_outlasts_an_alarm_python_dropped():
                         raise
                     dropped.append(time.monotonic() - started)  # as a finalizer would: printed, dropped
     assert dropped and time.monotonic() - started < 1.5, (dropped, time.monotonic() - started)
+
+
+def test_the_kit_words_bodies_figures_and_amqp_errors_for_the_hints():
+    from course_utils.exercises import phrases
+
+    assert kit.body_text(b"pedido \xc3\xa9") == "pedido é" and kit.body_text(b"\xff") == "\ufffd"
+    assert kit.body_text(7) == "7"
+    assert kit.shown([b"a", "b"]) == "'a', 'b'"
+    assert phrases.decimal(0.25, 2) == "0,25" and phrases.decimal(0.6) == "0,6" and phrases.decimal(None) == "0,0"
+    closed = pika.exceptions.ChannelClosedByBroker(406, "PRECONDITION_FAILED - unknown delivery tag 3")
+    table = {"NOT_FOUND": "não achei", "unknown delivery tag": "ack duplicado"}
+    assert kit.advice_in(table, closed) == "ack duplicado"
+    assert kit.advice_in(table, RuntimeError("outra coisa")) is None

@@ -699,6 +699,23 @@ def peek_one(ctx, queue: str) -> dict:
     return messages[0] if messages else {}
 
 
+def body_text(body: Any) -> str:
+    """A message body as text: bytes decoded as UTF-8 (what does not decode is replaced), else str()."""
+    return body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else str(body)
+
+
+def shown(bodies: Iterable[Any]) -> str:
+    """Bodies for a pt-BR sentence: 'pedido 1', 'pedido 2' (each as text, quoted)."""
+    return ", ".join(repr(body_text(b)) for b in bodies)
+
+
+def advice_in(table: Mapping[str, str], exc: BaseException) -> str | None:
+    """The sentence of `table` whose key (e.g. 'PRECONDITION_FAILED - unknown delivery tag') is in
+    the AMQP error's reply text or message; None if none is. For a chapter's `advice=` callable."""
+    text = f"{getattr(exc, 'reply_text', '')} {exc}"
+    return next((sentence for needle, sentence in table.items() if needle in text), None)
+
+
 def payload_text(message: dict) -> str:
     """The body of a peeked message as text (the API sends non-UTF-8 bodies as base64)."""
     payload = message.get("payload", "")

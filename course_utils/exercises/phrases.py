@@ -1,6 +1,8 @@
 """pt-BR sentences that the checks of several chapters say: one place, one wording."""
 from __future__ import annotations
 
+from ..numbers import format_number
+
 PERSISTENT = "use properties=pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)"
 
 MANUAL_ACK = ("Use auto_ack=False (o padrão) e confirme cada mensagem depois de processá-la com "
@@ -16,6 +18,11 @@ RERUN = "a verificação a cria e publica nela; rode a célula de verificação 
 
 STATS_MAY_LAG = ("(Este número vem das estatísticas do broker, que atrasam até um intervalo de "
                  "coleta — 1 s nos nós do curso, 5 s num RabbitMQ padrão.)")
+
+
+def decimal(value, digits: int = 1) -> str:
+    """A figure in a sentence, the pt-BR way with fixed decimals: 0.6 -> '0,6' (None counts as 0)."""
+    return format_number(value or 0, digits)
 
 
 def not_found(name: str, what: str = "função") -> str:

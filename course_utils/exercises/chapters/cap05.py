@@ -42,10 +42,9 @@ CHANNEL_WAS_CLOSED = ("O canal já estava fechado: o broker o fecha (406 PRECOND
 
 def _amqp_advice(exc: BaseException) -> str | None:
     """The chapter's extra sentence for an AMQP error that escaped the learner's code."""
-    text = f"{getattr(exc, 'reply_text', '')} {exc}"
-    for needle, sentence in AMQP_ADVICE.items():
-        if needle in text:
-            return sentence
+    sentence = kit.advice_in(AMQP_ADVICE, exc)
+    if sentence:
+        return sentence
     if isinstance(exc, pika.exceptions.ChannelWrongStateError):
         return CHANNEL_WAS_CLOSED
     return None
@@ -71,15 +70,6 @@ def _dead_lettered(ctx: CheckContext, dead: str, source: str, expected: int) -> 
     messages = ctx.management.peek(dead, counts[0] + 1) if counts[0] else []
     return [m.get("payload", "") if _x_death_from(m, source)
             else f"{m.get('payload', '')} (publicada direto, não recusada)" for m in messages]
-
-
-def _seconds(value) -> str:
-    """0.6 -> '0,6' (pt-BR decimal comma)."""
-    return f"{value or 0:.1f}".replace(".", ",")
-
-
-def _show(bodies) -> str:
-    return ", ".join(repr(b.decode("utf-8", "replace") if isinstance(b, bytes) else b) for b in bodies)
 
 
 # 5.1 ---------------------------------------------------------------------------------------------
@@ -146,7 +136,7 @@ class PedidosValidos(Exercise):
         return [b for b in self.messages if _why_invalid(b) is not None]
 
     def _explain(self, bodies) -> str:
-        return "; ".join(f"{_show([b])} ({_why_invalid(b.decode() if isinstance(b, bytes) else b) or 'válido'})"
+        return "; ".join(f"{kit.shown([b])} ({_why_invalid(b.decode() if isinstance(b, bytes) else b) or 'válido'})"
                          for b in bodies)
 
     def run(self, ctx: CheckContext) -> None:
@@ -191,7 +181,7 @@ class PedidosValidos(Exercise):
                f"O consumidor foi registrado com auto_ack=True: o broker apaga cada mensagem ao entregá-la, e as "
                f"inválidas não podem mais ser recusadas. {phrases.MANUAL_ACK}")
         requeued = watch.requeued()
-        example = next((_show(s.bodies[:1]) for s in requeued if s.bodies), "uma entrega")
+        example = next((kit.shown(s.bodies[:1]) for s in requeued if s.bodies), "uma entrega")
         expect(not requeued,
                f"processar_pedidos() devolveu mensagens à fila com requeue=True ({len(requeued)} vez(es), por "
                f"exemplo {example}): uma mensagem inválida volta, é "
@@ -201,8 +191,8 @@ class PedidosValidos(Exercise):
         missed = next(((at, [b for b in bodies if b.encode() not in delivered]) for at, bodies in self.batches
                        if any(b.encode() not in delivered for b in bodies)), None)
         expect(missed is None,
-               f"processar_pedidos() voltou cedo demais: os pedidos publicados {_seconds(missed and missed[0])} s "
-               f"depois de a função começar ({_show(missed[1] if missed else [])}) não foram entregues ao seu "
+               f"processar_pedidos() voltou cedo demais: os pedidos publicados {phrases.decimal(missed and missed[0])} s "
+               f"depois de a função começar ({kit.shown(missed[1] if missed else [])}) não foram entregues ao seu "
                f"consumidor — o seu laço já tinha parado. Os pedidos chegam em lotes, com menos de 1 s entre um "
                f"lote e o seguinte: não pare depois de um número fixo de mensagens nem de um tempo fixo. Uma fila "
                f"de verdade recebe mensagens enquanto você consome: rode process_data_events(time_limit=...) num "
@@ -225,7 +215,7 @@ class PedidosValidos(Exercise):
                                    f"confirmam com ch.basic_ack(delivery_tag=method.delivery_tag).")
         unsettled = [b for b in self.messages if not by_body[b] and b.encode() in delivered]
         expect(not unsettled, f"{len(unsettled)} mensagens foram entregues e nem confirmadas nem recusadas "
-                              f"({_show(unsettled[:3])}{'...' if len(unsettled) > 3 else ''}): voltaram para a "
+                              f"({kit.shown(unsettled[:3])}{'...' if len(unsettled) > 3 else ''}): voltaram para a "
                               f"fila quando a conexão fechou. Toda entrega precisa de um basic_ack (válidas) ou "
                               f"de um basic_reject(..., requeue=False) (inválidas).")
         expect(isinstance(result, list),
@@ -581,7 +571,7 @@ class SegundaChance(Exercise):
         copies = [b for b in watch.publishes if b in payments]
         expect(not copies,
                f"processar_pagamentos() publicou {len(copies)} cópia(s) de pagamentos na fila (basic_publish, por "
-               f"exemplo {_show(copies[:1])}) em vez de devolver a própria mensagem: a cópia é uma mensagem nova "
+               f"exemplo {kit.shown(copies[:1])}) em vez de devolver a própria mensagem: a cópia é uma mensagem nova "
                f"(o broker a entrega com redelivered=False), e a original sai da fila com o basic_ack como se "
                f"tivesse sido cobrada. Dê a segunda chance devolvendo a entrega à fila: "
                f"basic_nack(delivery_tag=method.delivery_tag, requeue=True) (ou basic_reject com requeue=True); "

@@ -36,15 +36,6 @@ from ..checks import CheckContext, Exercise, expect
 from ..pikawatch import PikaWatch
 
 
-def _s(seconds: float, digits: int = 1) -> str:
-    """0.5 -> '0,5' (pt-BR decimal comma, for prose; code keeps its dot)."""
-    return f"{seconds:.{digits}f}".replace(".", ",")
-
-
-def _show(values) -> str:
-    return ", ".join(repr(v) for v in values)
-
-
 def _thread_failure(name: str, exc: BaseException) -> str:
     """The hint for an exception that ended the learner's function in a worker thread (where
     kit.call cannot run: its time limit needs the main thread)."""
@@ -238,11 +229,11 @@ class PoolJusto(Exercise):
                f"Chame basic_ack depois de processar(corpo).")
         missing = [b for b in self.bodies if b not in done]
         expect(not missing,
-               f"{len(missing)} de {len(self.bodies)} tarefas nunca foram processadas ({_show(missing[:3])}"
+               f"{len(missing)} de {len(self.bodies)} tarefas nunca foram processadas ({kit.shown(missing[:3])}"
                f"{'...' if len(missing) > 3 else ''}). Cada uma precisa de um basic_ack depois de processar: sem "
                f"ele, o worker para quando atinge o prefetch, e as entregas voltam à fila quando a conexão fecha.")
         twice = sorted(b for b, n in done.items() if n > 1)
-        expect(not twice, f"Tarefas processadas mais de uma vez: {_show(twice)}. Cada entrega é processada e "
+        expect(not twice, f"Tarefas processadas mais de uma vez: {kit.shown(twice)}. Cada entrega é processada e "
                           f"confirmada uma vez, no canal que a entregou.")
         expect(len(acks) == len(self.bodies),
                f"worker() fez {len(acks)} basic_ack para {len(self.bodies)} tarefas: uma por tarefa, depois de "
@@ -259,7 +250,7 @@ class PoolJusto(Exercise):
                 by_worker.setdefault(c["thread"].replace("curso-bg-", ""), []).append(c["corpo"])
             who = "; ".join(f"{w}: {', '.join(b)}" for w, b in sorted(by_worker.items()))
             expect(False,
-                   f"{len(late)} tarefa(s) curta(s) ({_show(c['corpo'] for c in late)}) esperaram atrás da tarefa "
+                   f"{len(late)} tarefa(s) curta(s) ({kit.shown(c['corpo'] for c in late)}) esperaram atrás da tarefa "
                    f"longa ({str(self.long_s).replace('.', ',')} s), enquanto o outro worker podia fazê-las. Quem fez o quê: {who}. "
                    f"O broker entregou tarefas a um worker ocupado: sem basic_qos (ou com prefetch_count maior que "
                    f"1) cada worker recebe tarefas adiantadas, em rodízio. Com channel.basic_qos(prefetch_count=1), "
@@ -423,14 +414,14 @@ class AssinanteFanout(Exercise):
                               f"(channel.queue_bind(exchange=exchange, queue=fila))? receber() espera "
                               f"{self.silence} s sem mensagem nova antes de voltar?")
             if len(received) < len(wanted) and received == wanted[:len(received)]:
-                expect(False, f"receber() voltou cedo demais para o {who} assinante: recebeu {_show(received)} e "
-                              f"parou, mas ainda vinham {_show(missing)}. Consuma até passar `silencio` segundos sem "
+                expect(False, f"receber() voltou cedo demais para o {who} assinante: recebeu {kit.shown(received)} e "
+                              f"parou, mas ainda vinham {kit.shown(missing)}. Consuma até passar `silencio` segundos sem "
                               f"mensagem nova (channel.consume(fila, inactivity_timeout=silencio) e pare no primeiro "
                               f"None).")
-            expect(not extra, f"O {who} assinante recebeu {_show(extra)}, que foram publicados antes de ele assinar: "
+            expect(not extra, f"O {who} assinante recebeu {kit.shown(extra)}, que foram publicados antes de ele assinar: "
                               f"cada assinante recebe só o que for publicado depois de a fila dele existir — uma "
                               f"fila nova por assinante, criada em assinar().")
-            expect(False, f"O {who} assinante recebeu {_show(received)}; esperava {_show(wanted)}, na ordem.")
+            expect(False, f"O {who} assinante recebeu {kit.shown(received)}; esperava {kit.shown(wanted)}, na ordem.")
 
     def _subscribe(self, ctx: CheckContext, channel, who: str) -> str:
         queue = ctx.call("assinar", channel, self.exchange, advice=_subscribe_advice, timeout=self.call_timeout)
@@ -585,16 +576,16 @@ class BarramentoDeEventos(Exercise):
             extra = [k for k in got if k not in wanted]
             parts = []
             if missing:
-                parts.append(f"não recebeu {_show(missing)}")
+                parts.append(f"não recebeu {kit.shown(missing)}")
             if extra:
-                parts.append(f"recebeu {_show(extra)}, que não deveria")
+                parts.append(f"recebeu {kit.shown(extra)}, que não deveria")
             hint = (f"Publiquei {len(self.keys)} eventos no barramento (alguns além dos do enunciado: outras regiões "
                     f"e entidades, na mesma convenção <entidade>.<região>.<evento>) e a fila '{queue}' "
                     f"{' e '.join(parts)}. Ela deve receber {self.rules[queue]}. Binding keys dela no broker: "
                     f"{keys or 'nenhuma'}. Lembre: * casa exatamente uma palavra, # zero ou mais.")
             wrong = [k for k in keys if any(kit.topic_matches(k, e) for e in extra)]
             if wrong:
-                hint += f" Quem traz o que não deveria: {_show(wrong)}."
+                hint += f" Quem traz o que não deveria: {kit.shown(wrong)}."
             regions = {m.split(".")[1] for m in missing}
             listed = [k.split(".") for k in keys if k.count(".") == 2]
             if missing and listed and all(w[1] not in ("*", "#") for w in listed) and \
@@ -782,7 +773,7 @@ class ClienteRPC(Exercise):
 
     def _judge_live(self, channel, seen: list[dict], pedido: str, timeout: float, result, elapsed: float) -> None:
         if isinstance(result, _TimedOut) and elapsed < timeout - 0.1:
-            expect(False, f"chamar() levantou TimeoutError depois de {_s(elapsed, 2)} s, antes do prazo "
+            expect(False, f"chamar() levantou TimeoutError depois de {phrases.decimal(elapsed, 2)} s, antes do prazo "
                           f"(timeout={timeout}), com o servidor no ar, que responde a cada pedido duas vezes: primeiro "
                           f"com a resposta de outro pedido, depois com a certa. process_data_events(time_limit=...) volta "
                           f"assim que trata um evento (como a resposta do outro pedido), não quando a sua chega: "
@@ -803,7 +794,7 @@ class ClienteRPC(Exercise):
         if isinstance(result, _TimedOut):
             expect(False, f"chamar() levantou TimeoutError com o servidor no ar: ele recebeu o pedido e respondeu "
                           f"(duas mensagens na fila de respostas: uma de outro pedido e a certa, com o correlation_id "
-                          f"{request['correlation_id']!r}), mas a resposta não foi reconhecida em {_s(timeout)} s. Consuma a "
+                          f"{request['correlation_id']!r}), mas a resposta não foi reconhecida em {phrases.decimal(timeout)} s. Consuma a "
                           f"fila que está no reply_to e aceite a mensagem cujo properties.correlation_id é o do pedido.")
         expect(result != DECOY and result != DECOY.encode(),
                f"chamar() devolveu {DECOY!r}: a primeira resposta que chegou, de outro pedido (correlation_id "
@@ -845,30 +836,30 @@ class ClienteRPC(Exercise):
         result = kit.call(guarded, "chamar", channel, self.dead, "alguém aí?", self.dead_timeout, advice=_rpc_advice,
                           timeout=self.call_timeout,
                           on_timeout=lambda: (f"Com o servidor fora do ar, chamar(channel, '{self.dead}', ..., "
-                                              f"{self.dead_timeout}) não voltou em {_s(self.call_timeout)} s: depois de "
+                                              f"{self.dead_timeout}) não voltou em {phrases.decimal(self.call_timeout)} s: depois de "
                                               f"timeout segundos sem resposta, levante TimeoutError (raise "
                                               f"TimeoutError(...)); nunca espere para sempre."))
         ctx.timed_out = guarded.timed_out
         elapsed = time.monotonic() - start
         decoy.stop(timeout=1)
         _expect_channel_open(channel)
-        late = (f" (uma resposta atrasada de outro pedido chegou {_s(self.late_decoy)} s depois do pedido, e depois "
+        late = (f" (uma resposta atrasada de outro pedido chegou {phrases.decimal(self.late_decoy)} s depois do pedido, e depois "
                 f"mais nada)" if sent else "")
         expect(result != DECOY and result != DECOY.encode(),
                f"Com o servidor fora do ar, chamar() devolveu {DECOY!r}: uma resposta atrasada de outro pedido "
                f"(correlation_id 'antigo-...'). Aceite só a que tem o correlation_id do pedido que você publicou.")
         expect(isinstance(result, _TimedOut),
-               f"Com o servidor fora do ar{late}, chamar() devolveu {result!r} depois de {_s(elapsed)} s; esperava que "
+               f"Com o servidor fora do ar{late}, chamar() devolveu {result!r} depois de {phrases.decimal(elapsed)} s; esperava que "
                f"levantasse TimeoutError depois de timeout={self.dead_timeout} s (raise TimeoutError(...)): quem chama "
                f"precisa saber que não houve resposta.")
         expect(elapsed < self.dead_timeout + self.dead_slack,
-               f"Com o servidor fora do ar{late}, chamar() levou {_s(elapsed, 2)} s para levantar TimeoutError; pedi "
+               f"Com o servidor fora do ar{late}, chamar() levou {phrases.decimal(elapsed, 2)} s para levantar TimeoutError; pedi "
                f"timeout={self.dead_timeout} s. O prazo vale para a chamada inteira, contado do início: guarde prazo = "
                f"time.monotonic() + timeout antes do laço e, a cada volta, espere só o que falta — "
                f"process_data_events(time_limit=prazo - time.monotonic()). Um time_limit fixo, ou o timeout inteiro "
                f"de novo a cada volta, passa do prazo.")
         expect(elapsed > self.dead_timeout - 0.1,
-               f"Com o servidor fora do ar{late}, chamar() levantou TimeoutError depois de {_s(elapsed, 2)} s; pedi "
+               f"Com o servidor fora do ar{late}, chamar() levantou TimeoutError depois de {phrases.decimal(elapsed, 2)} s; pedi "
                f"timeout={self.dead_timeout} s. process_data_events(time_limit=...) volta assim que trata um evento: "
                f"repita num laço até a sua resposta chegar ou o prazo acabar.")
         consumers = list(channel.consumer_tags)

@@ -101,20 +101,7 @@ def _amqp_advice(exc: BaseException, calls: list | None = None) -> str | None:
     text = f"{getattr(exc, 'reply_text', '')} {exc}"
     if "NOT_FOUND" in text:
         return _not_found(text, calls)
-    return next((sentence for needle, sentence in AMQP_ADVICE.items() if needle in text), None)
-
-
-def _text(body: Any) -> str:
-    return body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else str(body)
-
-
-def _show(bodies) -> str:
-    return ", ".join(repr(_text(b)) for b in bodies)
-
-
-def _seconds(value: float) -> str:
-    """0.25 -> '0,25' (pt-BR decimal comma)."""
-    return f"{value:.2f}".replace(".", ",")
+    return kit.advice_in(AMQP_ADVICE, exc)
 
 
 def _headers(message: dict) -> dict:
@@ -170,7 +157,7 @@ class _Publishes:
 
     def to(self, routing_key: str, body: str | None = None) -> list[dict]:
         return [r for r in self.records if r["routing_key"] == routing_key
-                and (body is None or _text(r["body"]) == body)]
+                and (body is None or kit.body_text(r["body"]) == body)]
 
 
 def _call_watched(ctx: CheckContext, watch: PikaWatch, publishes: _Publishes | None, name: str, *args,
@@ -235,7 +222,7 @@ class _Enviar:
     def __call__(self, corpo) -> bool:
         if not isinstance(corpo, str):
             self.not_text.append(corpo)
-            corpo = _text(corpo)
+            corpo = kit.body_text(corpo)
         with self.lock:
             self.calls[corpo].append(time.monotonic())
             n = len(self.calls[corpo])
@@ -371,14 +358,14 @@ class Retentativas(Exercise):
         waiting = publishes.to(self.wait_queue)
         bare = next((r for r in waiting if self.header not in (getattr(r["properties"], "headers", None) or {})), None)
         expect(bare is None,
-               f"A cópia de {_text(bare and bare['body'])!r} foi publicada em '{self.wait_queue}' sem o header "
+               f"A cópia de {kit.body_text(bare and bare['body'])!r} foi publicada em '{self.wait_queue}' sem o header "
                f"'{self.header}'. A contagem de tentativas viaja na mensagem, num header da própria aplicação: "
                f"headers={{'{self.header}': falhas}}. (Contar pelo x-death não serve: a partir do RabbitMQ 4.0 o broker "
                f"não lê o x-death de uma mensagem republicada por um cliente, e a contagem fica sempre em 1.)")
         fresh = [b for b in self.plan if not self.previous(b)]
         too_many = sorted(b for b in fresh if enviar.count(b) > self.attempts(b))
         expect(not too_many,
-               f"{_show(too_many)} foram tentados {enviar.count(too_many[0]) if too_many else 0} vezes; o máximo é "
+               f"{kit.shown(too_many)} foram tentados {enviar.count(too_many[0]) if too_many else 0} vezes; o máximo é "
                f"{self.max_attempts} tentativas no total, contando a primeira. Depois da {self.max_attempts}ª falha "
                f"(header {self.header} = {self.max_attempts}), publique a mensagem em '{self.failed_queue}' em vez "
                f"de '{self.wait_queue}'.")
@@ -399,15 +386,15 @@ class Retentativas(Exercise):
                    f"Quando enviar devolve False, publique uma cópia em '{self.wait_queue}' (exchange '', "
                    f"routing_key='{self.wait_queue}') com o header {self.header} = falhas até agora, e confirme a "
                    f"original: o TTL da fila de espera a devolve para '{self.queue}'.")
-            expect(False, f"{_show(once)} falharam na primeira tentativa e não foram tentados de novo. {why}")
+            expect(False, f"{kit.shown(once)} falharam na primeira tentativa e não foram tentados de novo. {why}")
         short = sorted(b for b in self.plan if 1 < enviar.count(b) < self.attempts(b))
-        expect(not short, f"{_show(short)} foram tentados {enviar.count(short[0]) if short else 0} vezes; esperava "
+        expect(not short, f"{kit.shown(short)} foram tentados {enviar.count(short[0]) if short else 0} vezes; esperava "
                           f"{self.attempts(short[0]) if short else 0}: um e-mail que sempre falha tem "
                           f"{self.max_attempts} tentativas, contando a primeira. Confira a conta com o header "
                           f"'{self.header}' (quantas vezes já falhou) e pare de consumir só depois de 1 s sem "
                           f"mensagens novas.")
         missing = sorted(b for b in self.plan if enviar.count(b) == 0)
-        expect(not missing, f"{_show(missing)} nunca foram enviados: consuma até a fila esvaziar (pare depois de 1 s "
+        expect(not missing, f"{kit.shown(missing)} nunca foram enviados: consuma até a fila esvaziar (pare depois de 1 s "
                             f"sem mensagens novas).")
         hurried = []
         for body in self.plan:
@@ -419,13 +406,13 @@ class Retentativas(Exercise):
             direct = publishes.to(self.queue, body)
             how = (f" As cópias foram publicadas direto em '{self.queue}': a fila de espera é "
                    f"'{self.wait_queue}', que as devolve depois do TTL." if direct else "")
-            expect(False, f"{body!r} foi tentado de novo {_seconds(gap)} s depois da falha; a espera é de "
+            expect(False, f"{body!r} foi tentado de novo {phrases.decimal(gap, 2)} s depois da falha; a espera é de "
                           f"{self.ttl} ms.{how} Publique a cópia em '{self.wait_queue}' (routing_key="
                           f"'{self.wait_queue}' na exchange padrão) e deixe o TTL devolvê-la.")
         # the check's own publishes to the work queue were made before the call: these are the learner's
         direct = publishes.to(self.queue)
         expect(not direct,
-               f"As cópias de {_show(sorted({_text(r['body']) for r in direct}))} foram publicadas direto em "
+               f"As cópias de {kit.shown(sorted({kit.body_text(r['body']) for r in direct}))} foram publicadas direto em "
                f"'{self.queue}' (routing_key='{self.queue}'), sem passar pela fila de espera '{self.wait_queue}'. A "
                f"espera é o TTL de '{self.wait_queue}' ({self.ttl} ms), que devolve a cópia para '{self.queue}' sem "
                f"prender o consumidor — esperar no consumidor (time.sleep) para todos os outros e-mails enquanto "
@@ -438,13 +425,13 @@ class Retentativas(Exercise):
             return  # published some other way: the broker side judges where the e-mails ended
         elsewhere = next((r for r in copies if r["channel"] is not channel), None)
         expect(elsewhere is None,
-               f"A cópia de {_text(elsewhere and elsewhere['body'])!r} foi publicada em "
+               f"A cópia de {kit.body_text(elsewhere and elsewhere['body'])!r} foi publicada em "
                f"'{elsewhere and elsewhere['routing_key']}' por outro canal (não pelo `channel` que consumir_emails "
                f"recebeu): o enunciado pede a cópia pelo mesmo `channel`, o que consome e confirma a original — nele "
                f"as confirmações ficam ligadas uma vez, e a função não deixa um canal seu aberto depois de voltar. "
                f"Publique com channel.basic_publish(...).")
         for r in copies:
-            body = _text(r["body"])
+            body = kit.body_text(r["body"])
             expect(kit.persistent_properties(r["properties"]),
                    f"A cópia de {body!r} publicada em '{r['routing_key']}' não é persistente: num reinício ela some "
                    f"(e a original já foi confirmada). {phrases.PERSISTENT}, com headers.")
@@ -454,7 +441,7 @@ class Retentativas(Exercise):
                    f"primeira cópia (logo antes de consumir): então basic_publish só volta quando o broker tem a cópia, e o basic_ack da original "
                    f"vem depois.")
         for body in self.plan:
-            sent = [r for r in copies if _text(r["body"]) == body]
+            sent = [r for r in copies if kit.body_text(r["body"]) == body]
             expected = list(range(self.previous(body) + 1, self.previous(body) + len(sent) + 1))
             got = [(getattr(r["properties"], "headers", None) or {}).get(self.header) for r in sent]
             expect(got == expected,
@@ -464,7 +451,7 @@ class Retentativas(Exercise):
                    f"republicada por um cliente.")
         for body in self.plan:
             # the k-th copy of an e-mail comes from its k-th delivery, which ends in its k-th ack
-            sent = [r for r in copies if _text(r["body"]) == body]
+            sent = [r for r in copies if kit.body_text(r["body"]) == body]
             acks = [s for s in watch.settles if s.kind == "basic_ack" and body.encode() in s.bodies]
             early = next((r for r, s in zip(sent, acks) if s.at < r["at"]), None)
             expect(early is None,
@@ -658,7 +645,7 @@ class _Confirms:
         """body -> 'ack' / 'nack' as the broker answered (bodies published under confirms)."""
         result: dict[str, str] = {}
         for state in self.channels.values():
-            by_tag = {tag: _text(body) for tag, _, _, body, _ in state["published"]}
+            by_tag = {tag: kit.body_text(body) for tag, _, _, body, _ in state["published"]}
             settled: dict[int, str] = {}
             for kind, tag, multiple in state["frames"]:
                 tags = [t for t in by_tag if t <= tag and t not in settled] if multiple else [tag]
@@ -691,7 +678,7 @@ def _label(body: str) -> str:
 
 
 def _labels(bodies) -> str:
-    shown = sorted(_label(_text(b)) for b in bodies)
+    shown = sorted(_label(kit.body_text(b)) for b in bodies)
     return ", ".join(shown[:5]) + (f"... ({len(shown)} ao todo)" if len(shown) > 5 else "")
 
 
@@ -761,7 +748,7 @@ class ConfirmacoesAssincronas(Exercise):
         expect(wrong_route is None,
                f"publicar_notas() publicou em exchange={wrong_route and wrong_route[1]!r}, routing_key="
                f"{wrong_route and wrong_route[2]!r}; publique na exchange padrão com routing_key=fila ('{self.queue}').")
-        again = [b for b, n in Counter(_text(p[3]) for p in published).items() if n > 1]
+        again = [b for b, n in Counter(kit.body_text(p[3]) for p in published).items() if n > 1]
         expect(not again,
                f"publicar_notas() publicou {len(published)} vezes para {self.count} notas ({_labels(again)} mais de uma "
                f"vez): publique cada nota uma vez. Uma nota recusada porque a fila está cheia leva outro nack se for "
@@ -775,10 +762,10 @@ class ConfirmacoesAssincronas(Exercise):
                f"'recusadas': {{'confirmadas': [...], 'recusadas': [...]}}.")
         confirmed, refused = list(result["confirmadas"]), list(result["recusadas"])
         given = set(corpos)
-        strange = [b for b in confirmed + refused if _text(b) not in given]
+        strange = [b for b in confirmed + refused if kit.body_text(b) not in given]
         expect(not strange, f"As listas devolvidas têm {len(strange)} item(ns) que não são corpos publicados (por "
                             f"exemplo {str(strange[:1])[:60]}): devolva os próprios corpos, como recebeu em `corpos`.")
-        confirmed, refused = [_text(b) for b in confirmed], [_text(b) for b in refused]
+        confirmed, refused = [kit.body_text(b) for b in confirmed], [kit.body_text(b) for b in refused]
         twice = [b for b, n in Counter(confirmed + refused).items() if n > 1]
         expect(not twice, f"{_labels(twice)} aparecem mais de uma vez nas listas devolvidas: cada nota termina "
                           f"confirmada ou recusada, uma vez. Tire a delivery tag das pendentes assim que o broker "
@@ -814,7 +801,7 @@ class ConfirmacoesAssincronas(Exercise):
                          "(connection.ioloop.stop()).")
         lag = returned - (confirms.answered_at or returned)
         expect(lag < self.close_lag,
-               f"O broker respondeu pela última nota, e publicar_notas() só voltou {_seconds(lag)} s depois: quem "
+               f"O broker respondeu pela última nota, e publicar_notas() só voltou {phrases.decimal(lag, 2)} s depois: quem "
                f"fechou a conexão foi o prazo, não o fim das pendentes. Feche a conexão assim que não houver mais "
                f"pendentes (no ack_nack_callback, depois de tirar as tags respondidas: if not pendentes: "
                f"connection.close()); o prazo é só para o caso de o broker não responder.")
@@ -881,7 +868,7 @@ class _Cobrar:
     def __call__(self, corpo) -> None:
         if not isinstance(corpo, str):
             self.not_text.append(corpo)
-            corpo = _text(corpo)
+            corpo = kit.body_text(corpo)
         with self.lock:
             self.charges[corpo] += 1
 
@@ -979,7 +966,7 @@ class SemDuplicar(Exercise):
                                     f"ela recebe o corpo como texto (str): use body.decode().")
         late = [b for _, b in self.late if b.encode() not in set(watch.deliveries.values())]
         expect(not late,
-               f"O pagamento {', '.join(m for m, _ in self.late)} ({_show(late)}), publicado {_seconds(self.late_at)} s "
+               f"O pagamento {', '.join(m for m, _ in self.late)} ({kit.shown(late)}), publicado {phrases.decimal(self.late_at, 2)} s "
                f"depois de consumir_pagamentos() começar, nunca foi entregue a ela: a função parou de consumir cedo "
                f"demais. Pare só depois de 1 s sem mensagens novas: channel.consume(fila, auto_ack=False, "
                f"inactivity_timeout=1), e saia do laço no primeiro (None, None, None).")
@@ -1032,14 +1019,14 @@ class SemDuplicar(Exercise):
                f"devolvida volta na hora, é devolvida de novo... Uma duplicata já foi tratada: confirme-a com basic_ack "
                f"e siga.")
         outcomes = watch.outcomes()
-        rejected = sorted({_text(b) for b, what in outcomes.items() if "reject" in what})
+        rejected = sorted({kit.body_text(b) for b, what in outcomes.items() if "reject" in what})
         expect(not rejected,
                f"consumir_pagamentos() recusou {rejected} com requeue=False: numa fila com dead-letter exchange, a "
                f"duplicata iria para a fila de falhas como se fosse um erro. A duplicata não é um erro — o pagamento "
                f"já foi feito: confirme-a com basic_ack.")
         unsettled = [k for k in watch.deliveries if k not in watch.settled]
         expect(not unsettled,
-               f"{len(unsettled)} entrega(s) não foram confirmadas ({_show(sorted({watch.deliveries[k] for k in unsettled}))}): "
+               f"{len(unsettled)} entrega(s) não foram confirmadas ({kit.shown(sorted({watch.deliveries[k] for k in unsettled}))}): "
                f"uma duplicata também precisa de basic_ack — sem ele, ela volta para a fila quando o canal fecha e é "
                f"entregue de novo, para sempre.")
         expect(counts is None or counts[1] == 0,
