@@ -699,11 +699,13 @@ def _rpc_server(url: str, queue: str, record_queue: str, ready: threading.Event,
         channel.cancel()
 
 
-def _late_decoy(url: str, queue: str, delay: float, ready: threading.Event, sent: list,
+def _late_decoy(url: str, queue: str, delay: float, ready: threading.Event, sent: list, called: list,
                 stop_event: threading.Event) -> None:
     """A stale reply for a request nobody serves: watches `queue` (basic_get, the request put back at
-    once, so that it still expires on time: a requeued message keeps its expiry), and `delay` seconds
-    after the request arrived publishes a reply of another request to its reply_to."""
+    once, so that it still expires on time: a requeued message keeps its expiry), and publishes a
+    reply of another request to its reply_to `delay` seconds after the learner's call started
+    (`called[0]`; at once if that moment has passed): timed from the call, not from when this thread
+    saw the request, which a loaded machine delays."""
     params = pika.URLParameters(url)
     params.client_properties = {"connection_name": "curso verificação resposta-atrasada"}
     with pika.BlockingConnection(params) as connection:
@@ -716,10 +718,11 @@ def _late_decoy(url: str, queue: str, delay: float, ready: threading.Event, sent
                 continue
             seen = time.monotonic()
             channel.basic_nack(delivery_tag=method.delivery_tag, requeue=True)
-            if properties.reply_to and not stop_event.wait(max(0.0, seen + delay - time.monotonic())):
+            start = called[0] if called else seen
+            if properties.reply_to and not stop_event.wait(max(0.0, start + delay - time.monotonic())):
                 channel.basic_publish(exchange="", routing_key=properties.reply_to, body=DECOY,
                                       properties=pika.BasicProperties(correlation_id=f"antigo-{properties.correlation_id}"))
-                sent.append(time.monotonic() - seen)
+                sent.append(time.monotonic() - start)
             return
 
 
@@ -732,9 +735,14 @@ class ClienteRPC(Exercise):
     dead = "rpc_parado"
     expired = "rpc_expirados"
     requests = [("olá, rabbit", 1.0), ("segunda chamada", 1.0)]
-    dead_timeout = 0.5
-    late_decoy = 0.4  # a stale reply arrives this long after the request, then nothing
-    dead_slack = 0.3  # how long after the timeout TimeoutError may come, from the call's start
+    # With the server down, the call must raise TimeoutError within dead_slack of dead_timeout. A stale
+    # reply comes late_decoy s into the call: it ends a pass of process_data_events, so that an answer
+    # that waits the whole timeout again on each pass (or a fixed time_limit) overshoots by
+    # late_decoy > dead_slack. Margins of 0.3-0.4 s on both sides hold on a loaded 2-core machine
+    # (with a 0.5 s timeout and the reply 0.4 s in, a late reply there made such an answer pass).
+    dead_timeout = 1.0
+    late_decoy = 0.6
+    dead_slack = 0.3
     call_timeout = 2.0
 
     def run(self, ctx: CheckContext) -> None:
@@ -829,10 +837,12 @@ class ClienteRPC(Exercise):
                 f"acabar — e então levante TimeoutError.")
 
     def _judge_dead(self, ctx: CheckContext, guarded: _Guarded, channel, bg: Background) -> None:
-        ready, sent = threading.Event(), []
-        decoy = bg.thread("resposta-atrasada", _late_decoy, ctx.curso.url, self.dead, self.late_decoy, ready, sent)
+        ready, sent, called = threading.Event(), [], []
+        decoy = bg.thread("resposta-atrasada", _late_decoy, ctx.curso.url, self.dead, self.late_decoy, ready, sent,
+                          called)
         expect(ready.wait(5), f"A verificação não conseguiu se conectar: {decoy.output()[-300:]}")
         start = time.monotonic()
+        called.append(start)
         result = kit.call(guarded, "chamar", channel, self.dead, "alguém aí?", self.dead_timeout, advice=_rpc_advice,
                           timeout=self.call_timeout,
                           on_timeout=lambda: (f"Com o servidor fora do ar, chamar(channel, '{self.dead}', ..., "
@@ -843,7 +853,7 @@ class ClienteRPC(Exercise):
         elapsed = time.monotonic() - start
         decoy.stop(timeout=1)
         _expect_channel_open(channel)
-        late = (f" (uma resposta atrasada de outro pedido chegou {phrases.decimal(self.late_decoy)} s depois do pedido, e depois "
+        late = (f" (uma resposta atrasada de outro pedido chegou {phrases.decimal(self.late_decoy)} s depois do início da chamada, e depois "
                 f"mais nada)" if sent else "")
         expect(result != DECOY and result != DECOY.encode(),
                f"Com o servidor fora do ar, chamar() devolveu {DECOY!r}: uma resposta atrasada de outro pedido "
