@@ -7,6 +7,7 @@ class with different names and ports.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -14,9 +15,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from .errors import BrokerStartError, PortInUse
 
@@ -119,15 +122,74 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
             return False
 
 
+LEASES = Path(tempfile.gettempdir()) / "curso-portas"
+
+
 def free_offset(start: int | None = None, step: int = 37, tries: int = 100) -> int:
-    """An offset n such that every port of Ports.offset(n) is free (for extra nodes). The default
-    start depends on the process id, so that concurrent processes rarely try the same block."""
+    """An offset n such that every port of Ports.offset(n) is free, leased to this process (for
+    extra nodes). The default start depends on the process id, so that concurrent processes rarely
+    try the same block.
+
+    The lease (a file under `LEASES` naming this process) keeps the block this process's until the
+    process ends: a node stopped or killed and started again on the same ports (a restart, a failover
+    demo) would otherwise find them taken by another process's new node in between (seen in a suite
+    run). A block leased to a live process is skipped, even when its ports are free; a lease whose
+    process is gone (or whose pid now names another process) is taken over."""
     if start is None:
         start = 3000 + (os.getpid() % 97) * step
-    for n in range(start, start + step * tries, step):
-        if all(port_free(p) for p in Ports.offset(n).all().values()):
-            return n
+    with _lease_lock():
+        for n in range(start, start + step * tries, step):
+            if _leased_by_other(n) or _leased_by_me(n):
+                continue
+            if all(port_free(p) for p in Ports.offset(n).all().values()):
+                (LEASES / str(n)).write_text(_me())
+                return n
     raise PortInUse(f"Não achei um bloco de portas livres a partir do deslocamento {start}.")
+
+
+def _me() -> str:
+    return f"{os.getpid()} {start_time(os.getpid())}"
+
+
+@contextlib.contextmanager
+def _lease_lock() -> Iterator[None]:
+    """Serialize lease-taking between processes (flock on a file beside the leases)."""
+    LEASES.mkdir(mode=0o777, exist_ok=True)
+    with contextlib.suppress(OSError):
+        LEASES.chmod(0o1777)  # shared by every user of the machine, as /tmp
+    try:
+        import fcntl
+    except ImportError:  # not a Unix: no native nodes there anyway
+        yield
+        return
+    with open(LEASES / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _lease_owner(n: int) -> str | None:
+    try:
+        return (LEASES / str(n)).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _leased_by_me(n: int) -> bool:
+    return _lease_owner(n) == _me()
+
+
+def _leased_by_other(n: int) -> bool:
+    owner = _lease_owner(n)
+    if owner is None or owner == _me():
+        return False
+    try:
+        pid, started = owner.split()
+        return pid_alive(int(pid)) and str(start_time(int(pid))) == started
+    except ValueError:
+        return False
 
 
 def who_listens(port: int) -> str | None:
