@@ -212,3 +212,15 @@ def test_the_kit_words_bodies_figures_and_amqp_errors_for_the_hints():
     table = {"NOT_FOUND": "não achei", "unknown delivery tag": "ack duplicado"}
     assert kit.advice_in(table, closed) == "ack duplicado"
     assert kit.advice_in(table, RuntimeError("outra coisa")) is None
+
+
+def test_counts_of_is_exact_and_names_a_missing_queue(sandbox):
+    with sandbox.connect() as connection:
+        channel = connection.channel()
+        channel.queue_declare(queue="contadas", durable=True)
+        channel.basic_publish(exchange="", routing_key="contadas", body=b"um")
+        channel.basic_publish(exchange="", routing_key="contadas", body=b"dois")
+    ctx = type("Ctx", (), {"curso": sandbox})()
+    assert kit.counts_of(ctx, "contadas") == (2, 0)
+    with pytest.raises(AssertionError, match="A fila 'sumida' não existe"):
+        kit.counts_of(ctx, "sumida")

@@ -373,6 +373,15 @@ def exact_counts(ctx, queue: str) -> tuple[int, int] | None:
         return ok.message_count, ok.consumer_count
 
 
+def counts_of(ctx, queue: str) -> tuple[int, int]:
+    """(ready messages, consumers) of a queue the check set up, exact (`exact_counts`); a queue that
+    is gone fails the check with `phrases.queue_missing`."""
+    counts = exact_counts(ctx, queue)
+    if counts is None:
+        raise AssertionError(phrases.queue_missing(queue))
+    return counts
+
+
 def stats(q: dict | None) -> dict:
     """A queue's (or vhost's) message_stats counters, {} before the first sample."""
     return (q or {}).get("message_stats") or {}

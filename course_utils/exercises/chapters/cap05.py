@@ -259,9 +259,7 @@ class PedidosValidos(Exercise):
 
     def verify(self, ctx: CheckContext) -> None:
         n = len(self.messages)
-        counts = kit.exact_counts(ctx, self.queue)
-        expect(counts is not None, phrases.queue_missing(self.queue))
-        ready, consumers = counts
+        ready, consumers = kit.counts_of(ctx, self.queue)
         expect(consumers == 0, f"Ainda há {consumers} consumidor(es) registrado(s) na fila '{self.queue}': "
                                f"cancele o consumidor (channel.basic_cancel(tag)) e feche o que abrir.")
         if ready:
@@ -430,9 +428,7 @@ class EmParalelo(Exercise):
         return left
 
     def verify(self, ctx: CheckContext) -> None:
-        counts = kit.exact_counts(ctx, self.queue)
-        expect(counts is not None, phrases.queue_missing(self.queue))
-        ready, consumers = counts
+        ready, consumers = kit.counts_of(ctx, self.queue)
         expect(consumers == 0, f"Ainda há {consumers} consumidor(es) registrado(s) na fila '{self.queue}': "
                                f"alguma conexão aberta por consumir_em_paralelo() continua consumindo. Cancele os "
                                f"consumidores e feche as conexões antes de voltar.")
@@ -665,9 +661,7 @@ class SegundaChance(Exercise):
 
     def verify(self, ctx: CheckContext) -> None:
         n = len(self.bodies)
-        counts = kit.exact_counts(ctx, self.queue)
-        expect(counts is not None, phrases.queue_missing(self.queue))
-        ready, consumers = counts
+        ready, consumers = kit.counts_of(ctx, self.queue)
         expect(consumers == 0, f"Ainda há {consumers} consumidor(es) registrado(s) na fila '{self.queue}'. "
                                f"{phrases.CANCEL_CONSUMER}")
         if ready:

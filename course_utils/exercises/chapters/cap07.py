@@ -474,9 +474,7 @@ class Retentativas(Exercise):
     # the broker -------------------------------------------------------------------------------------
     def verify(self, ctx: CheckContext) -> None:
         self._expect_topology(ctx)
-        counts = kit.exact_counts(ctx, self.queue)
-        expect(counts is not None, phrases.queue_missing(self.queue))
-        ready, consumers = counts
+        ready, consumers = kit.counts_of(ctx, self.queue)
         expect(consumers == 0, f"Ainda há {consumers} consumidor(es) registrado(s) na fila '{self.queue}'. "
                                f"{phrases.CANCEL_CONSUMER}")
         waiting = kit.exact_counts(ctx, self.wait_queue)
@@ -835,9 +833,7 @@ class ConfirmacoesAssincronas(Exercise):
                 f"ponha um prazo: connection.ioloop.call_later(3, ...) que fecha a conexão.")
 
     def verify(self, ctx: CheckContext) -> None:
-        counts = kit.exact_counts(ctx, self.queue)
-        expect(counts is not None, phrases.queue_missing(self.queue))
-        ready = counts[0]
+        ready, _ = kit.counts_of(ctx, self.queue)
         expect(ready == self.limit,
                f"A fila '{self.queue}' tem {ready} nota(s); esperava {self.limit}: a fila aceita {self.limit} e recusa "
                f"as outras (nack). publicar_notas() deve publicar cada nota uma vez, na exchange padrão, com "
@@ -1043,9 +1039,7 @@ class SemDuplicar(Exercise):
                 f"mensagens novas.")
 
     def verify(self, ctx: CheckContext) -> None:
-        counts = kit.exact_counts(ctx, self.queue)
-        expect(counts is not None, phrases.queue_missing(self.queue))
-        ready, consumers = counts
+        ready, consumers = kit.counts_of(ctx, self.queue)
         expect(consumers == 0, f"Ainda há {consumers} consumidor(es) registrado(s) na fila '{self.queue}'. "
                                f"{phrases.CANCEL_CONSUMER}")
         expect(ready == 0,
