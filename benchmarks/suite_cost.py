@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 TOOLKIT = {"test_topology", "test_routing", "test_trace", "test_throughput", "test_monitor", "test_widgets",
-           "test_browser", "test_background"}
+           "test_browser", "test_background", "test_cluster"}
 GRADING = {"test_grading", "test_execute"}
 _PARAM = re.compile(r"\[(.*)\]$")
 

@@ -167,6 +167,14 @@ class _Spawner:
 _SPAWNER = _Spawner()
 
 
+def spawn(fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """Run `fn` (which starts a child process) in the spawner thread and return its result. A child
+    that must die with this process (PR_SET_PDEATHSIG) gets its signal when the *thread* that forked
+    it ends, so a child forked by a short-lived thread (a pool's) would die with that thread; forked
+    from here, it lives as long as the interpreter (the kernel)."""
+    return _SPAWNER.run(fn, timeout)
+
+
 def _child_setup(parent_pid: int) -> None:
     """In the forked child, before exec: die with the parent (Linux), even if it already died."""
     parent_death_signal()

@@ -82,6 +82,11 @@ class Management:
     def vhosts(self) -> list[dict]:
         return self.get("vhosts")
 
+    def nodes(self) -> list[dict]:
+        """`GET /api/nodes`: every node of the cluster as this node sees it (`name`, `running`,
+        `partitions`, `uptime`, ...). Needs the `monitoring` or administrator tag."""
+        return self.get("nodes")
+
     def get_or_none(self, path: str) -> Any:
         """GET `path`, or None when the API answers 404."""
         try:

@@ -38,7 +38,7 @@ import pika
 from .errors import CourseError
 from .management import Management
 from .native import NativeNode, Ports, find_server, free_offset, pid_alive
-from .sandbox import course_params
+from .sandbox import close_quietly, course_params
 
 PREFIX = "curso-descartavel-"
 _counter = itertools.count(1)
@@ -166,11 +166,7 @@ class ScratchNode:
         if self.closed:
             return
         for connection in self._connections:
-            try:
-                if connection.is_open:
-                    connection.close()
-            except Exception:  # a connection cut by a restart may not close cleanly
-                pass
+            close_quietly(connection)  # a connection cut by a restart may not close cleanly
         self._connections.clear()
         try:
             self.kill()
@@ -208,19 +204,25 @@ def scratch_node(label: str = "scratch", timeout: float = 60.0) -> ScratchNode:
     return node
 
 
-def _sweep_stale() -> None:
-    """Delete folders of throwaway nodes whose owner process and node are both gone."""
+def sweep_stale(prefix: str = PREFIX, on_sweep=None) -> None:
+    """Delete folders `$TMPDIR/<prefix>*` whose owner process (`owner.json`) and nodes (a pid file
+    one level down: `node/NAME.pid`, a cluster's `no1/NAME.pid`...) are all gone. Shared with
+    `course_utils.cluster`; `on_sweep(folder)` runs before a folder is deleted."""
     root = Path(tempfile.gettempdir())
-    for folder in root.glob(f"{PREFIX}*"):
+    for folder in root.glob(f"{prefix}*"):
         try:
             owner = json.loads((folder / "owner.json").read_text())
-            pid_file = next((folder / "node").glob("*.pid"), None)
-            node_pid = int(pid_file.read_text().strip()) if pid_file else None
+            node_pids = [int(f.read_text().strip()) for f in folder.glob("*/*.pid")]
         except (OSError, ValueError):
             continue
-        if pid_alive(int(owner.get("pid", 0))) or (node_pid is not None and pid_alive(node_pid)):
+        if pid_alive(int(owner.get("pid", 0))) or any(pid_alive(pid) for pid in node_pids):
             continue
+        if on_sweep is not None:
+            on_sweep(folder)
         shutil.rmtree(folder, ignore_errors=True)
 
 
-__all__ = ["scratch_node", "ScratchNode", "ScratchNodeUnavailable", "available"]
+_sweep_stale = sweep_stale
+
+
+__all__ = ["scratch_node", "ScratchNode", "ScratchNodeUnavailable", "available", "sweep_stale"]
