@@ -207,18 +207,20 @@ def test_nodes_die_with_the_process_that_started_them():
 
 
 def test_unavailable_says_why_and_starts_nothing(monkeypatch, tmp_path):
-    before = set(Path(tempfile.gettempdir()).glob(f"{cl.PREFIX}*"))
+    # its own label: the other cluster tests, on other workers, make folders meanwhile
+    label = f"indisponivel{os.getpid()}"
+    before = set(Path(tempfile.gettempdir()).glob(f"{cl.PREFIX}{label}*"))
     monkeypatch.setenv("CURSO_RABBITMQ_SERVER", str(tmp_path / "nao-existe" / "rabbitmq-server"))
     assert not cl.available("")
     with pytest.raises(ClusterUnavailable, match="não está instalado.*apt-get install"):
-        cluster("teste", versao="")
+        cluster(label, versao="")
     monkeypatch.delenv("CURSO_RABBITMQ_SERVER")
 
     monkeypatch.setenv("CURSO_BROKER", "4")  # the default follows the course broker's version
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert not cl.available()
     with pytest.raises(ClusterUnavailable, match="4.x.*precisa de root"):
-        cluster("teste")
+        cluster(label)
     monkeypatch.undo()
 
     monkeypatch.setattr(cl, "mem_available_mb", lambda: 200.0)
@@ -227,5 +229,5 @@ def test_unavailable_says_why_and_starts_nothing(monkeypatch, tmp_path):
     monkeypatch.setattr(cl, "mem_available_mb", lambda: None)
     assert "portas livres" in unavailable_reason("")
     with pytest.raises(ClusterUnavailable, match="portas livres"):
-        cluster("teste", versao="")
-    assert set(Path(tempfile.gettempdir()).glob(f"{cl.PREFIX}*")) == before
+        cluster(label, versao="")
+    assert set(Path(tempfile.gettempdir()).glob(f"{cl.PREFIX}{label}*")) == before
