@@ -60,7 +60,8 @@ import pika
 
 from .errors import BrokerStartError, CourseError, PortInUse
 from .management import Management
-from .native import FAST_STATS, NativeNode, Ports, find_server, free_offset, pid_alive, port_free, start_time
+from .native import (FAST_STATS, NativeNode, Ports, find_server, free_offset, pid_alive, port_free,
+                     release_offset, start_time)
 from .sandbox import close_quietly, course_params
 from .scratch_node import sweep_stale
 
@@ -146,17 +147,19 @@ def _block_ports(offset: int) -> set[int]:
 
 def _port_blocks(size: int, lease: bool = True) -> list[int]:
     """`size` port offsets whose ports are all free and all distinct (CLI tools' ranges included),
-    leased to this process (`native.free_offset`): a node stopped, killed or frozen and brought
-    back finds its ports still its own. lease=False only looks (nothing is reserved)."""
+    leased to this process (`native.free_offset`) until `Cluster.close()`: a node stopped, killed
+    or frozen and brought back finds its ports still its own. lease=False only looks."""
     chosen: list[int] = []
     taken: set[int] = set()
     start = None
     while len(chosen) < size:
-        n = free_offset(start) if lease else _peek_offset(start, taken)
+        n = free_offset(start, lease=True) if lease else _peek_offset(start, taken)
         ports = _block_ports(n)
         if not ports & taken:
             chosen.append(n)
             taken |= ports
+        elif lease:
+            release_offset(n)
         start = n + 37
     return chosen
 
@@ -243,7 +246,7 @@ class Cluster:
         self.base_dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{safe}-"))
         cls = _rabbit4_class() if self.version == "4" else ClusterNode
         cookie = secrets.token_hex(16).upper()
-        offsets = _port_blocks(size)
+        self._offsets = offsets = _port_blocks(size)  # leased until close()
         self.nodes: list[NativeNode] = []
         # 4.x: 4.0's own defaults, not DENY_LIKE_4_3. With a deprecated feature denied, 4.0.5 checks
         # at every boot whether the cluster uses it, and on a node that joins or restarts in a cluster
@@ -583,6 +586,8 @@ class Cluster:
                     pass
         finally:
             shutil.rmtree(self.base_dir, ignore_errors=True)
+            for offset in getattr(self, "_offsets", ()):
+                release_offset(offset)
             self.closed = True
 
     def __enter__(self) -> "Cluster":

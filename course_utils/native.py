@@ -125,16 +125,18 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 LEASES = Path(tempfile.gettempdir()) / "curso-portas"
 
 
-def free_offset(start: int | None = None, step: int = 37, tries: int = 100) -> int:
-    """An offset n such that every port of Ports.offset(n) is free, leased to this process (for
-    extra nodes). The default start depends on the process id, so that concurrent processes rarely
-    try the same block.
+def free_offset(start: int | None = None, step: int = 37, tries: int = 100, lease: bool = False) -> int:
+    """An offset n such that every port of Ports.offset(n) is free and not leased (for extra
+    nodes). The default start depends on the process id, so that concurrent processes rarely try
+    the same block.
 
-    The lease (a file under `LEASES` naming this process) keeps the block this process's until the
-    process ends: a node stopped or killed and started again on the same ports (a restart, a failover
-    demo) would otherwise find them taken by another process's new node in between (seen in a suite
-    run). A block leased to a live process is skipped, even when its ports are free; a lease whose
-    process is gone (or whose pid now names another process) is taken over."""
+    lease=True leases the block to this process (a file under `LEASES` naming it) until
+    `release_offset(n)` or the process's end: for a node that is stopped or killed and started
+    again on the same ports (a restart, a failover demo), which would otherwise find them taken by
+    another process's new node in between (seen in a suite run). Whoever leases releases when the
+    node is done for good (`ScratchNode.close`, `Cluster.close`): a long-lived process (a test
+    worker) would otherwise hold every block it ever used. A lease whose process is gone (or whose
+    pid now names another process) counts for nothing."""
     if start is None:
         start = 3000 + (os.getpid() % 97) * step
     with _lease_lock():
@@ -142,9 +144,17 @@ def free_offset(start: int | None = None, step: int = 37, tries: int = 100) -> i
             if _leased_by_other(n) or _leased_by_me(n):
                 continue
             if all(port_free(p) for p in Ports.offset(n).all().values()):
-                (LEASES / str(n)).write_text(_me())
+                if lease:
+                    (LEASES / str(n)).write_text(_me())
                 return n
     raise PortInUse(f"Não achei um bloco de portas livres a partir do deslocamento {start}.")
+
+
+def release_offset(n: int) -> None:
+    """Give back the lease on block n, if this process holds it."""
+    with _lease_lock():
+        if _leased_by_me(n):
+            (LEASES / str(n)).unlink(missing_ok=True)
 
 
 def _me() -> str:

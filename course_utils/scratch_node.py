@@ -37,7 +37,7 @@ import pika
 
 from .errors import CourseError
 from .management import Management
-from .native import NativeNode, Ports, find_server, free_offset, pid_alive
+from .native import NativeNode, Ports, find_server, free_offset, pid_alive, release_offset
 from .sandbox import close_quietly, course_params
 
 PREFIX = "curso-descartavel-"
@@ -79,7 +79,8 @@ class ScratchNode:
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         (self.base_dir / "owner.json").write_text(json.dumps({"pid": os.getpid(), "node": name}))
-        self.node = NativeNode(self.base_dir / "node", name=name, ports=Ports.offset(free_offset()),
+        self._offset = free_offset(lease=True)  # its ports stay its own across restarts
+        self.node = NativeNode(self.base_dir / "node", name=name, ports=Ports.offset(self._offset),
                                die_with_parent=True)
         self.host = "127.0.0.1"
         self._management: Management | None = None
@@ -172,6 +173,7 @@ class ScratchNode:
             self.kill()
         finally:
             shutil.rmtree(self.base_dir, ignore_errors=True)
+            release_offset(self._offset)
             self.closed = True
 
     def __enter__(self) -> "ScratchNode":

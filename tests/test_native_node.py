@@ -11,7 +11,7 @@ import pika
 import pytest
 
 from course_utils.errors import BrokerStartError, PortInUse
-from course_utils.native import amqp_answers, free_offset, who_listens
+from course_utils.native import amqp_answers, free_offset, release_offset, who_listens
 
 pytestmark = pytest.mark.slow
 
@@ -107,14 +107,19 @@ def test_port_taken_by_something_else(spare_node):
 
 
 def _offset_in_child(start: int) -> int:
-    code = f"from course_utils.native import free_offset; print(free_offset(start={start}))"
+    code = f"from course_utils.native import free_offset; print(free_offset(start={start}, lease=True))"
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
 def test_a_port_block_stays_leased_to_its_process_while_its_node_is_down():
     """A node stopped (or killed) and started again on its ports must find them free: another
     process's free_offset() must not hand them out in between, although nothing listens on them."""
-    mine = free_offset()
-    assert _offset_in_child(mine) != mine, "another process got the block this one leased"
+    mine = free_offset(lease=True)
+    try:
+        assert _offset_in_child(mine) != mine, "another process got the block this one leased"
+    finally:
+        release_offset(mine)
+    assert _offset_in_child(mine) == mine, "the block was released, yet stays taken"
     theirs = _offset_in_child(mine + 1)  # leased by a process that has ended: free for the next one
     assert _offset_in_child(theirs) == theirs
+    assert free_offset(start=mine) == free_offset(start=mine), "looking (lease=False) took the block"
