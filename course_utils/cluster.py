@@ -60,7 +60,7 @@ import pika
 
 from .errors import BrokerStartError, CourseError, PortInUse
 from .management import Management
-from .native import (FAST_STATS, NativeNode, Ports, find_server, free_offset, pid_alive, port_free,
+from .native import (FAST_STATS, NativeNode, Ports, find_server, free_offset, pid_alive,
                      release_offset, start_time)
 from .sandbox import close_quietly, course_params
 from .scratch_node import sweep_stale
@@ -153,7 +153,7 @@ def _port_blocks(size: int, lease: bool = True) -> list[int]:
     taken: set[int] = set()
     start = None
     while len(chosen) < size:
-        n = free_offset(start, lease=True) if lease else _peek_offset(start, taken)
+        n = free_offset(start, lease=lease)
         ports = _block_ports(n)
         if not ports & taken:
             chosen.append(n)
@@ -162,14 +162,6 @@ def _port_blocks(size: int, lease: bool = True) -> list[int]:
             release_offset(n)
         start = n + 37
     return chosen
-
-
-def _peek_offset(start: int | None, taken: set[int]) -> int:
-    start = 3000 + (os.getpid() % 97) * 37 if start is None else start
-    for n in range(start, start + 37 * 300, 37):
-        if not _block_ports(n) & taken and all(port_free(p) for p in Ports.offset(n).all().values()):
-            return n
-    raise PortInUse(f"Não achei blocos de portas livres a partir do deslocamento {start}.")
 
 
 # ---------------------------------------------------------------------------------------------

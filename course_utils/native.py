@@ -141,7 +141,7 @@ def free_offset(start: int | None = None, step: int = 37, tries: int = 100, leas
         start = 3000 + (os.getpid() % 97) * step
     with _lease_lock():
         for n in range(start, start + step * tries, step):
-            if _leased_by_other(n) or _leased_by_me(n):
+            if _live_lease(n):
                 continue
             if all(port_free(p) for p in Ports.offset(n).all().values()):
                 if lease:
@@ -191,10 +191,13 @@ def _leased_by_me(n: int) -> bool:
     return _lease_owner(n) == _me()
 
 
-def _leased_by_other(n: int) -> bool:
+def _live_lease(n: int) -> bool:
+    """Block n is leased to a process that still runs (this one included)."""
     owner = _lease_owner(n)
-    if owner is None or owner == _me():
+    if owner is None:
         return False
+    if owner == _me():
+        return True
     try:
         pid, started = owner.split()
         return pid_alive(int(pid)) and str(start_time(int(pid))) == started

@@ -20,6 +20,7 @@ import pytest
 
 from course_utils import cluster as cl
 from course_utils.cluster import ClusterTimeout, ClusterUnavailable, cluster, unavailable_reason
+from course_utils import native
 from course_utils.native import pid_alive
 
 pytestmark = pytest.mark.slow
@@ -225,7 +226,7 @@ def test_unavailable_says_why_and_starts_nothing(monkeypatch, tmp_path):
 
     monkeypatch.setattr(cl, "mem_available_mb", lambda: 200.0)
     assert "memória disponível" in unavailable_reason("")
-    monkeypatch.setattr(cl, "port_free", lambda port, host="127.0.0.1": False)
+    monkeypatch.setattr(native, "port_free", lambda port, host="127.0.0.1": False)  # free_offset's
     monkeypatch.setattr(cl, "mem_available_mb", lambda: None)
     assert "portas livres" in unavailable_reason("")
     with pytest.raises(ClusterUnavailable, match="portas livres"):
