@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import os
 import queue
+import re
 import shutil
 import signal
 import subprocess
@@ -41,6 +42,7 @@ from typing import Any, Callable
 from .errors import CourseError
 from .native import parent_death_signal
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # werkzeug colours its request log
 MAX_LINES = 50_000  # per worker; older lines are dropped (a chatty worker must not eat the RAM)
 
 
@@ -189,6 +191,8 @@ def _child_setup(parent_pid: int) -> None:
 class Worker:
     """What `Background.process()` and `Background.thread()` return."""
 
+    previous: "Worker | None" = None  # the worker this one replaced in `Background.restart`
+
     kind = "worker"
 
     def __init__(self, name: str) -> None:
@@ -248,7 +252,7 @@ class ProcessWorker(Worker):
 
     def __init__(self, name: str, argv: list[str], cwd: Path, env: dict[str, str]) -> None:
         super().__init__(name)
-        self.argv = argv
+        self.argv, self.cwd, self.env = argv, cwd, env
         parent = os.getpid()
         use_pdeathsig = sys.platform.startswith("linux")
 
@@ -374,6 +378,64 @@ class ThreadWorker(Worker):
 # ---------------------------------------------------------------------------------------------
 
 
+class ServerWorker(Worker):
+    """An HTTP server (a WSGI app: Flask's, say) on 127.0.0.1 in a thread of the kernel, serving
+    each request in a thread of its own; what `Background.serve()` returns. Its request log goes
+    to its own output (`show()`), never to the cell that happens to run."""
+
+    kind = "servidor"
+    pid = None
+
+    def __init__(self, name: str, app: Callable, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__(name)
+        try:
+            from werkzeug.serving import WSGIRequestHandler, make_server
+        except ImportError as exc:
+            raise CourseError("O servidor HTTP do curso usa o werkzeug (vem com o Flask), que não está "
+                              "instalado neste Python: pip install flask") from exc
+        out = self._out
+
+        class Handler(WSGIRequestHandler):
+            def log(self, type: str, message: str, *args: Any) -> None:  # noqa: A002 - werkzeug's name
+                out.feed(_ANSI.sub("", f"{self.address_string()} {message % args}") + "\n")
+
+        try:  # werkzeug prints and exits (SystemExit) when the port is taken
+            self._server = make_server(host, port, app, threaded=True, request_handler=Handler)
+        except (OSError, SystemExit) as exc:
+            raise CourseError(f"Não consegui abrir o servidor {name!r} em {host}:{port}. "
+                              f"A porta está ocupada? Use port=0 (uma porta livre, o padrão).") from exc
+        self._server.daemon_threads = True  # a request still streaming never holds the kernel
+        self.port: int = self._server.server_port
+        self.url = f"http://{host}:{self.port}"
+        self.stop_event = threading.Event()
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name=f"curso-bg-{name}", daemon=True)
+        self._thread.start()
+        out.feed(f"servindo em {self.url}\n")
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 5) -> bool:
+        """Stop serving and close the listening socket. True once the server thread has ended."""
+        self.stop_event.set()
+        if self._thread.is_alive():
+            self._server.shutdown()
+        self._thread.join(timeout)
+        self._server.server_close()
+        if not self._out.closed:
+            self._out.feed("parado\n")
+            self._out.close()
+        return not self._thread.is_alive()
+
+    def kill(self) -> None:
+        self.stop(1)
+
+    def __repr__(self) -> str:
+        return f"<servidor {self.name!r} {self.url} {'rodando' if self.alive else 'parado'}>"
+
+
 class Background:
     """The notebook's (or a check's) background workers: start, watch and stop them."""
 
@@ -435,6 +497,106 @@ class Background:
         self.workers[name] = worker
         return worker
 
+    def module(self, name: str, module: str, *args: Any, env: dict[str, str] | None = None) -> ProcessWorker:
+        """Start `python -m module args...` as a real process (as `process`, same environment), with
+        the scratch folder and the current folder on its PYTHONPATH: a module written with
+        `bg.write` imports there as it does in the kernel after `bg.import_module`."""
+        self._replace(name)
+        path = os.pathsep.join(p for p in (str(self.folder), str(Path.cwd()), os.environ.get("PYTHONPATH", "")) if p)
+        child_env = {**os.environ, "RABBITMQ_URL": self.url, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path,
+                     "PYTHONIOENCODING": "utf-8", "CURSO_WORKER": name, **(env or {})}
+        worker = ProcessWorker(name, [sys.executable, "-u", "-m", module, *map(str, args)], self.folder, child_env)
+        self.workers[name] = worker
+        return worker
+
+    def import_module(self, module: str):
+        """Import (or import again, fresh) a module written into the scratch folder with `bg.write`:
+        the kernel and a worker process then run the same file."""
+        import importlib
+
+        if str(self.folder) not in sys.path:
+            sys.path.insert(0, str(self.folder))
+        importlib.invalidate_caches()
+        if module in sys.modules:
+            return importlib.reload(sys.modules[module])
+        return importlib.import_module(module)
+
+    def celery(self, name: str, app: str, *args: Any, pool: str = "solo", concurrency: int = 1,
+               loglevel: str = "INFO", ready_timeout: float = 30.0, env: dict[str, str] | None = None) -> ProcessWorker:
+        """Start a real Celery worker, `celery -A app worker`, and wait until it says it is ready.
+
+        `app` is what `-A` takes: a module in the scratch folder (`bg.write("tarefas.py", ...)`) or
+        importable from here. Its environment has CELERY_BROKER_URL (and RABBITMQ_URL) set to this
+        vhost's URL: `Celery("tarefas", broker=os.environ["CELERY_BROKER_URL"])` finds the same
+        broker in the worker as in a kernel that set it (the kernel must not set RABBITMQ_URL: that
+        is the grader's, and `setup()` would take it). The worker is named `name@<host>`, runs without mingle and gossip
+        (they only slow a lone worker's start), `pool="solo"` (tasks in the worker's own process;
+        `"prefork"` for child processes, as in production) and `args` are passed on. If it is not
+        ready within `ready_timeout` s, or ends, it is killed and a pt-BR error shows its log."""
+        import importlib.util
+
+        if importlib.util.find_spec("celery") is None:
+            raise CourseError("O Celery não está instalado neste Python: pip install 'celery>=5.7,<5.8' "
+                              "(ou make setup, que instala tudo do curso).")
+        worker = self.module(name, "celery", "-A", app, "worker", "-n", f"{name}@%h", f"--pool={pool}",
+                             f"--concurrency={concurrency}", f"--loglevel={loglevel}", "--without-mingle",
+                             "--without-gossip", *args,
+                             # as root (CI, a container) Celery warns at every start; the course
+                             # knows, and the warning buried the worker's log
+                             env={"PYTHONWARNINGS": "ignore:You're running the worker with superuser",
+                                  # where Celery looks for its broker when the app names none
+                                  "CELERY_BROKER_URL": self.url, **(env or {})})
+        if worker.wait_for(" ready.", timeout=ready_timeout):
+            return worker
+        ended = not worker.alive
+        worker.kill()
+        log = "\n".join(worker.lines()[-20:]) or "(nada)"
+        raise CourseError(f"O worker Celery {name!r} {'terminou' if ended else f'não ficou pronto em {ready_timeout:g} s'} "
+                          f"(parei-o). Últimas linhas do log:\n{log}")
+
+    def serve(self, name: str, app: Callable, port: int = 0) -> ServerWorker:
+        """Serve a WSGI app (a Flask app) on 127.0.0.1 in a thread; `port=0` takes a free port.
+        Returns the server: `.url`, `.port`, `.stop()`; stopped by `stop_all()` like the others."""
+        self._replace(name)
+        worker = ServerWorker(name, app, port=port)
+        self.workers[name] = worker
+        return worker
+
+    def restart(self, name: str, timeout: float = 5) -> ProcessWorker:
+        """Stop the process `name` (SIGTERM, then SIGKILL after `timeout` s; or it died already, a
+        kill say) and start it again with the same command and environment: a service that comes
+        back. Its new output follows the old one in `records()` and `timeline()`."""
+        old = self.workers.get(name)
+        if not isinstance(old, ProcessWorker):
+            raise CourseError(f"Não há processo {name!r} para reiniciar (bg.restart serve para bg.process/bg.module).")
+        old.stop(timeout)
+        worker = ProcessWorker(name, old.argv, old.cwd, old.env)
+        worker.previous = old
+        self.workers[name] = worker
+        return worker
+
+    def timeline(self, names: list[str] | None = None, since: float | None = None):
+        """Every line of every worker (or of `names`), merged in arrival order, as a DataFrame:
+        `t` (seconds since `since`, default the first line), `quem`, `linha`. Lines of a worker
+        before its restarts are included."""
+        import pandas as pd
+
+        rows = [(t, name, line) for t, name, line in self.records() if names is None or name in names]
+        start = since if since is not None else (rows[0][0] if rows else 0.0)
+        return pd.DataFrame([{"t": round(t - start, 3), "quem": name, "linha": line} for t, name, line in rows
+                             if t >= start], columns=["t", "quem", "linha"])
+
+    def _all_records(self) -> list[tuple[float, str, str]]:
+        rows = []
+        for i, worker in enumerate(self.workers.values()):
+            chain = []
+            while worker is not None:
+                chain.append(worker)
+                worker = getattr(worker, "previous", None)
+            for w in chain:
+                rows += [(t, i, j, w.name, line) for j, (t, line) in enumerate(w.records())]
+        return [(t, name, line) for t, _, _, name, line in sorted(rows)]
+
     def __getitem__(self, name: str) -> Worker:
         return self.workers[name]
 
@@ -447,10 +609,9 @@ class Background:
             print(f"[{name}] {line}")
 
     def records(self) -> list[tuple[float, str, str]]:
-        """(time, worker name, line) of every line of every worker, in arrival order."""
-        rows = [(t, i, j, w.name, line) for i, w in enumerate(self.workers.values())
-                for j, (t, line) in enumerate(w.records())]
-        return [(t, name, line) for t, _, _, name, line in sorted(rows)]
+        """(time, worker name, line) of every line of every worker (before its restarts too), in
+        arrival order."""
+        return self._all_records()
 
     def status(self):
         """One row per worker: name, kind, pid, whether it runs, lines printed (a DataFrame)."""
@@ -543,4 +704,4 @@ def _register_cleanup(curso, bg: Background) -> None:
     curso.on_cleanup(stop)
 
 
-__all__ = ["Background", "Worker", "ProcessWorker", "ThreadWorker"]
+__all__ = ["Background", "Worker", "ProcessWorker", "ThreadWorker", "ServerWorker"]

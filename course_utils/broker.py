@@ -322,18 +322,29 @@ def stop_broker(timeout: float = 30.0, versao: str | None = None) -> str:
     return "Nada a parar: o curso não iniciou nenhum broker (um broker externo não é parado pelo curso)."
 
 
+def _known_broker(version: str) -> Broker:
+    """The broker RABBITMQ_URL names, or the course broker of `version` as its marker describes it
+    (answering or not; nothing is started)."""
+    url = os.environ.get("RABBITMQ_URL")
+    if url:
+        return from_url(url)
+    kind = _read_marker(version).get("kind", "external")
+    if kind in ("native", "rabbit4") and not _node(version).is_running():
+        kind = "external"
+    return _local_broker(kind, version=version)
+
+
+def running_broker(versao: str | None = None) -> Broker | None:
+    """The course broker if it answers now, else None: never starts one (clean-up code uses it)."""
+    broker = _known_broker(wanted_version(versao))
+    return broker if amqp_answers(broker.host, broker.port) else None
+
+
 def broker_status(versao: str | None = None) -> dict:
     """What `curso broker status` prints: kind, version, URLs and whether each answers."""
     url = os.environ.get("RABBITMQ_URL")
     version = wanted_version(versao)
-    marker = _read_marker(version)
-    if url:
-        broker = from_url(url)
-    else:
-        kind = marker.get("kind", "external")
-        if kind in ("native", "rabbit4") and not _node(version).is_running():
-            kind = "external"
-        broker = _local_broker(kind, version=version)
+    broker = _known_broker(version)
     amqp_ok = bool(amqp_answers(broker.host, broker.port))
     if not url and not amqp_ok:
         broker.kind = "nenhum (parado)"
@@ -369,6 +380,6 @@ def reset_broker(versao: str | None = None) -> list[str]:
     return removed
 
 
-__all__ = ["Broker", "ensure_broker", "stop_broker", "broker_status", "reset_broker", "from_url",
+__all__ = ["Broker", "ensure_broker", "running_broker", "stop_broker", "broker_status", "reset_broker", "from_url",
            "verify_login", "data_dir", "course_node", "course_node4", "wanted_version", "install_hint",
            "ManagementError", "RABBIT4_PORTS"]

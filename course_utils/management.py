@@ -192,6 +192,15 @@ class Management:
     def delete_exchange(self, name: str, vhost: str | None = None) -> None:
         self.request("DELETE", f"exchanges/{_q(vhost or self.vhost)}/{_q(name)}", ok=(404,))
 
+    def set_policy(self, name: str, pattern: str, definition: dict, apply_to: str = "queues",
+                   priority: int = 0, vhost: str | None = None) -> None:
+        self.request("PUT", f"policies/{_q(vhost or self.vhost)}/{_q(name)}",
+                     json={"pattern": pattern, "definition": definition, "apply-to": apply_to,
+                           "priority": priority})
+
+    def delete_policy(self, name: str, vhost: str | None = None) -> None:
+        self.request("DELETE", f"policies/{_q(vhost or self.vhost)}/{_q(name)}", ok=(404,))
+
     def bindings(self, vhost: str | None = None) -> list[dict]:
         return self.get(f"bindings/{_q(vhost or self.vhost)}")
 

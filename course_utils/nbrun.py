@@ -120,22 +120,31 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def kill_leftovers(work: Path) -> None:
-    """Kill any process still running from the scratch folder (an orphaned kernel, a student's
-    background process): their command lines name the kernel connection file inside it."""
+def kill_leftovers(work: Path, passes: int = 3) -> None:
+    """Kill any process still running from the scratch folder: an orphaned kernel (its command line
+    names the kernel connection file inside it), or anything a student's notebook started in a
+    session of its own (a Celery worker, a server): those carry the kernel's environment, whose
+    HOME is inside the folder, or run in it. Scanned again while one pass still found some (a
+    process may have started another before it was killed)."""
     import signal
     proc_dir = Path("/proc")
     if not proc_dir.exists():
         return
     needle = str(work).encode()
-    for entry in proc_dir.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
+    for _ in range(passes):
+        found = 0
+        for entry in proc_dir.iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if needle in (entry / "cmdline").read_bytes() or needle in (entry / "environ").read_bytes() \
+                        or os.readlink(entry / "cwd").encode().startswith(needle):
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    found += 1
+            except (OSError, ValueError):
+                continue
+        if not found:
+            return
 
 
 def _text(data) -> str:

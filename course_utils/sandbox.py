@@ -67,6 +67,7 @@ class Chapter:
         self.management: Management = broker.management(vhost)
         self._connections: "weakref.WeakSet[pika.BlockingConnection]" = weakref.WeakSet()
         self._cleanup_hooks: list = []
+        self._cluster = None
 
     def __repr__(self) -> str:
         return f"<Chapter {self.name!r} vhost={self.vhost!r} broker={self.broker.kind}>"
@@ -106,6 +107,25 @@ class Chapter:
     def on_cleanup(self, fn) -> None:
         """Call `fn()` first in every `cleanup()` (course_utils.background registers its stop_all)."""
         self._cleanup_hooks.append(fn)
+
+    def cluster(self, versao: str | None = None, **options):
+        """The chapter's local 3-node cluster (`course_utils.cluster`): started on the first call
+        (about 15-25 s), the same one afterwards; `cleanup()` stops it, and it dies with the kernel.
+        Raises `ClusterUnavailable` (pt-BR) where a cluster cannot run here."""
+        current = self._cluster
+        if current is not None and not current.closed:
+            return current
+        from .cluster import cluster as start_cluster
+
+        self.use_cluster(start_cluster(self.name, versao=versao, **options), owned=True)
+        return self._cluster
+
+    def use_cluster(self, running, owned: bool = False) -> None:
+        """Make `running` (a started `Cluster`) the one `cluster()` returns, e.g. one cluster shared
+        by many sandboxes in a test run; with `owned`, `cleanup()` closes it."""
+        self._cluster = running
+        if owned:
+            self.on_cleanup(running.close)
 
     def cleanup(self, *connections, delete_vhost: bool = False) -> None:
         """End of a notebook: close `connections` (the ones it opened with

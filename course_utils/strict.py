@@ -21,9 +21,9 @@ _original: dict[str, object] = {}
 
 TRANSIENT_QUEUE = (
     "O RabbitMQ 4.3 recusaria esta fila: filas transitórias não exclusivas ({what}) são um recurso "
-    "obsoleto, negado por padrão a partir do 4.3, e a conexão seria fechada com o erro 541. Declare a "
-    "fila com durable=True (ou "
-    "arguments={{'x-queue-type': 'quorum'}}), ou com exclusive=True se ela for temporária."
+    "obsoleto, negado por padrão a partir do 4.3, e a conexão seria fechada com o erro 541. Uma fila "
+    "temporária, que deve sumir com a conexão, se declara com exclusive=True; uma que deve durar, com "
+    "durable=True (uma fila quorum ou stream é sempre durable=True)."
 )
 GLOBAL_QOS = (
     "A partir do RabbitMQ 4.3 o QoS global é negado por padrão: basic_qos(global_qos=True) é aceito, "

@@ -54,6 +54,7 @@ _tracing_was_on: dict[str, bool] = {}
 # course's own nodes, 5 s on a default RabbitMQ (the Docker image). stop() waits up to this long,
 # and only while a connection seen in the trace is still missing from the list.
 NAMES_WAIT = 6.0
+STABLE_S = 1.2  # acks(): figures unchanged this long = a whole statistics pass of the course's nodes (1 s)
 
 COLUMNS = ["t_ms", "evento", "mensagem", "exchange", "routing_key", "fila", "roteada_para",
            "consumidor", "corpo", "motivo_dlx"]
@@ -322,11 +323,18 @@ class Trace:
         for e in self.events:
             if e.kind == "deliver":
                 traced[e.queue] = traced.get(e.queue, 0) + 1
+        # A statistics pass can count a delivery before its ack (they are counted apart): once the
+        # deliveries show, the figures must also hold for a whole pass (1 s on the course's nodes)
+        # before they are read (seen once in CI: a dead-lettered message's ack read as 0).
         deadline = time.monotonic() + timeout
+        last, since = None, time.monotonic()
         while True:
             now = _queue_stats(self.curso.management)
             delta = {q: _delta(now, self._stats_before, q) for q in traced}
-            if all(d["deliver_get"] >= traced[q] for q, d in delta.items()) or time.monotonic() > deadline:
+            if delta != last:
+                last, since = delta, time.monotonic()
+            seen = all(d["deliver_get"] >= traced[q] for q, d in delta.items())
+            if (seen and time.monotonic() - since >= STABLE_S) or time.monotonic() > deadline:
                 break
             time.sleep(0.25)
         rows = [{"fila": q, "entregas": traced[q], "acks": delta[q]["ack"],

@@ -17,9 +17,43 @@ os.environ["CURSO_VHOST_SUFFIX"] = f"{SUITE_SUFFIX}-t{WORKER}"
 
 from course_utils import broker as broker_mod  # noqa: E402
 from course_utils import strict  # noqa: E402
-from course_utils.native import NativeNode, Ports, free_offset  # noqa: E402
+from course_utils.native import NativeNode, Ports, free_offset, release_offset  # noqa: E402
+from suite_vhosts import SuiteLock, drop  # noqa: E402
 
 strict.enable()
+
+
+def _drop_suite_vhosts(when: str) -> None:
+    for versao in (None, "4"):
+        broker = broker_mod.running_broker(versao)
+        if broker is not None:
+            try:
+                gone = drop(broker)
+            except Exception as exc:  # clean-up reports, it never fails a run
+                print(f"\n[suite] could not remove the suite's vhosts on {broker.display_url()}: {exc}")
+                continue
+            if gone:
+                print(f"\n[suite] {when}: removed {gone} test vhosts from {broker.display_url()}")
+
+
+def pytest_sessionstart(session):
+    # The controller only (xdist workers have workerinput); before xdist starts its workers.
+    if hasattr(session.config, "workerinput"):
+        return
+    lock = session.config._curso_suite_lock = SuiteLock()
+    if lock.alone():
+        _drop_suite_vhosts("left by an earlier run")
+    lock.share()
+
+
+@pytest.hookimpl(trylast=True)  # after xdist has ended its workers (their fixtures torn down)
+def pytest_sessionfinish(session):
+    lock = getattr(session.config, "_curso_suite_lock", None)
+    if lock is None:
+        return
+    if lock.alone():
+        _drop_suite_vhosts("this run's")
+    lock.close()
 
 
 def pytest_addoption(parser):
@@ -43,6 +77,20 @@ def pytest_collection_modifyitems(config, items):
     items[:] = keep
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_finish(session):
+    """Make `--dist loadgroup` group again. pytest-xdist 3.8.0 tags an `xdist_group` test by
+    setting `item._nodeid` to "<nodeid>@<group>", but pytest 9 reads `nodeid` from `item._id`, so
+    the tag never reaches the scheduler and every group is spread like `--dist load`. Copy the
+    tagged id where pytest 9 reads it (workers only; nothing to do where xdist already worked)."""
+    from _pytest.nodeid import NodeId
+
+    for item in session.items:
+        tagged = vars(item).get("_nodeid")
+        if isinstance(tagged, str) and "@" in tagged and item.nodeid != tagged:
+            item._id = NodeId.parse(tagged)
+
+
 @pytest.fixture(scope="session")
 def course_broker():
     """The course broker (started if needed), as the notebooks see it."""
@@ -57,10 +105,12 @@ def course_broker():
 @pytest.fixture
 def spare_node(tmp_path):
     """A native node (not started) on free ports in a temporary folder; stopped afterwards."""
-    node = NativeNode(tmp_path / "node", name=f"teste{os.getpid()}", ports=Ports.offset(free_offset()),
+    offset = free_offset(lease=True)  # leased: another worker's node cannot pick it before ours binds
+    node = NativeNode(tmp_path / "node", name=f"teste{os.getpid()}", ports=Ports.offset(offset),
                       die_with_parent=True)
     yield node
     node.stop()
+    release_offset(offset)
 
 
 @pytest.fixture(scope="session")
@@ -89,8 +139,10 @@ def default_stats_node(tmp_path_factory):
     it: what the live monitor and the trace must show there too."""
     from course_utils.native import DEFAULT_STATS, NativeNode, Ports, free_offset
 
+    offset = free_offset(lease=True)  # leased (see spare_node): a fresh-clone run saw two nodes pick one block
     node = NativeNode(tmp_path_factory.mktemp("estatisticas5s") / "node", name=f"estat5s{os.getpid()}",
-                      ports=Ports.offset(free_offset()), die_with_parent=True, advanced_config=DEFAULT_STATS)
+                      ports=Ports.offset(offset), die_with_parent=True, advanced_config=DEFAULT_STATS)
     node.start()
     yield node
     node.stop()
+    release_offset(offset)

@@ -261,3 +261,108 @@ def test_a_process_dies_when_its_parent_dies(tmp_path):
     finally:
         parent.kill()
         parent.wait(5)
+
+
+# --- chapter 9: an HTTP server in the kernel, a Celery worker process --------------------------
+
+TASKS = textwrap.dedent("""
+    import os
+    from celery import Celery
+    from kombu import Exchange, Queue
+
+    app = Celery("tarefas_bg", broker=os.environ["CELERY_BROKER_URL"], backend="rpc://")
+    app.conf.task_queues = [Queue("tarefas", Exchange("tarefas", type="topic"), routing_key="tarefas",
+                                  queue_arguments={"x-queue-type": "quorum"})]
+    app.conf.task_default_queue = "tarefas"
+    app.conf.task_default_exchange = "tarefas"
+    app.conf.task_default_exchange_type = "topic"
+    app.conf.task_default_routing_key = "tarefas"
+    app.conf.broker_connection_retry_on_startup = True
+
+    @app.task
+    def dobro(n):
+        return 2 * n
+""")
+
+
+def test_a_server_answers_logs_apart_and_frees_its_port(curso):
+    import requests
+    from flask import Flask
+
+    app = Flask("teste")
+    app.add_url_rule("/ping", "ping", lambda: ({"pong": True}, 200))
+    bg = Background(curso)
+    server = bg.serve("api", app)
+    assert requests.get(server.url + "/ping", timeout=5).json() == {"pong": True}
+    assert server.wait_for("GET /ping", timeout=5)
+    assert "\x1b[" not in server.output(), "the request log keeps werkzeug's colour codes"
+    taken = server.port
+    from course_utils.errors import CourseError
+    with pytest.raises(CourseError, match="ocupada"):
+        bg.serve("outra", app, port=taken)
+    bg.stop_all()
+    assert not server.alive
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{taken}/ping", timeout=2)
+
+
+def test_a_celery_worker_runs_the_module_the_kernel_imports(curso):
+    bg = Background(curso)
+    bg.write("tarefas_bg.py", TASKS)
+    os.environ["CELERY_BROKER_URL"] = curso.url  # the module reads it at import, as in the worker
+    try:
+        tarefas = bg.import_module("tarefas_bg")
+        worker = bg.celery("worker", "tarefas_bg")
+        assert tarefas.dobro.delay(21).get(timeout=20) == 42
+        assert "SuperUser" not in worker.output() and "superuser" not in worker.output()
+        queue = curso.management.queue("tarefas")
+        assert queue["type"] == "quorum" and queue["durable"]
+        pid = worker.pid
+        curso.cleanup()
+        assert not pid_alive(pid)
+    finally:
+        os.environ.pop("CELERY_BROKER_URL", None)
+
+
+def test_a_celery_worker_that_cannot_start_is_killed_and_explained(curso):
+    from course_utils.errors import CourseError
+
+    bg = Background(curso)
+    bg.write("quebrado.py", "raise ImportError('de propósito')\n")
+    with pytest.raises(CourseError, match="de propósito"):
+        bg.celery("worker", "quebrado", ready_timeout=20)
+    assert bg.alive() == []
+
+
+SERVICE = textwrap.dedent("""
+    import os, signal, sys, time
+    print("inicio", os.getpid(), flush=True)
+    signal.signal(signal.SIGTERM, lambda *a: (print("fim", flush=True), sys.exit(0)))
+    while True:
+        time.sleep(0.05)
+""")
+
+
+def test_a_killed_service_restarts_and_its_lines_stay_in_the_timeline(curso):
+    bg = Background(curso)
+    bg.write("servico.py", SERVICE)
+    first = bg.process("estoque", "servico.py")
+    other = bg.process("pagamentos", "servico.py")
+    assert first.wait_for("inicio") and other.wait_for("inicio")
+    first.kill()
+    again = bg.restart("estoque")
+    assert again.wait_for("inicio") and again.pid != first.pid and again.alive
+    timeline = bg.timeline()
+    assert list(timeline.columns) == ["t", "quem", "linha"]
+    assert timeline["t"].is_monotonic_increasing and timeline["t"].iloc[0] == 0
+    starts = timeline[timeline["linha"].str.startswith("inicio")]
+    assert list(starts["quem"]).count("estoque") == 2, "the first run's lines were lost on restart"
+    assert set(bg.timeline(names=["pagamentos"])["quem"]) == {"pagamentos"}
+    stopped = bg.restart("pagamentos")  # a running one: SIGTERM first, then started again
+    assert stopped.wait_for("inicio")
+    assert "fim" in list(bg.timeline(names=["pagamentos"])["linha"])
+    from course_utils.errors import CourseError
+    with pytest.raises(CourseError):
+        bg.restart("nenhum")
+    bg.stop_all()
+    assert bg.alive() == []

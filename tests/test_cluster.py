@@ -28,6 +28,13 @@ pytestmark = pytest.mark.slow
 IS_ROOT = os.name == "posix" and os.geteuid() == 0
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:300]
+    except OSError:
+        return "(gone)"
+
+
 def _procs_mentioning(*needles: str) -> list[int]:
     """Pids of live processes whose command line contains one of `needles` (the nodes' VMs, their
     server scripts, CLI tools...)."""
@@ -146,9 +153,10 @@ def _failure_tools_return_once_the_others_noticed(c):
     assert c.status().loc[1, "processo"] == "parado"
     with pika.BlockingConnection(c.all_params()) as connection:
         assert connection._impl.params.port == n2.ports.amqp
-    c.bring_back(1)
+    c.restore()  # brings back what is down (node 1 here), as every chapter-8 check does first
     assert n1.pid() not in (None, pid)
     assert all(all(v.values()) and len(v) == 3 for v in _views(c, c.nodes).values())
+    assert c.restore() < 0.5  # a whole cluster: nothing to do
 
     # A wait that expires says so in pt-BR (a freeze cannot be noticed in 0.3 s).
     with pytest.raises(ClusterTimeout, match="não mostrou o nó .* fora do ar"):
@@ -171,7 +179,13 @@ def _teardown_leaves_no_process_and_no_folder(c):
     c.close()
     assert c.closed and not c.base_dir.exists()
     assert not any(pid_alive(p) for p in pids)
-    assert _procs_mentioning(*needles) == []
+    # The VMs' own helpers (erl_child_setup, a CLI call under way...) end once their VM is gone,
+    # which on a loaded machine may take a moment after the SIGKILL (seen: one left at the check).
+    deadline = time.monotonic() + 10
+    while _procs_mentioning(*needles) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = {pid: _cmdline(pid) for pid in _procs_mentioning(*needles)}
+    assert left == {}, left
     if c.version == "4":  # no mount point left in the root filesystem either
         from course_utils.rabbit4 import NODES_INSIDE
         assert not any((c.nodes[0].rootfs / NODES_INSIDE.lstrip("/") / name).exists() for name in names)
@@ -202,8 +216,9 @@ def test_nodes_die_with_the_process_that_started_them():
     while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(pid_alive(p) for p in pids), "the cluster's nodes outlived the process that started them"
-    assert folder.exists()
-    cl.sweep_stale(cl.PREFIX)  # what the next cluster() does first
+    # The folder stays for the next cluster() to sweep (what it does first); in a parallel suite another
+    # worker's cluster() may be that next one and sweep it before this line (seen once in CI).
+    cl.sweep_stale(cl.PREFIX)
     assert not folder.exists()
 
 
@@ -232,3 +247,72 @@ def test_unavailable_says_why_and_starts_nothing(monkeypatch, tmp_path):
     with pytest.raises(ClusterUnavailable, match="portas livres"):
         cluster(label, versao="")
     assert set(Path(tempfile.gettempdir()).glob(f"{cl.PREFIX}{label}*")) == before
+
+
+def test_boot_slots_are_shared_by_the_machine_and_bounded(monkeypatch, tmp_path):
+    """At most START_SLOTS clusters boot at once on the machine (the suite starts several side by
+    side); a slot is the holder's until it ends, and a wait past the deadline says so in pt-BR."""
+    monkeypatch.setattr(cl, "SLOTS", tmp_path / "vagas")
+    holders = [cl.start_slot(time.monotonic() + 5, slots=2) for _ in range(2)]
+    for h in holders:
+        h.__enter__()
+    try:
+        with pytest.raises(ClusterTimeout, match="vagas de partida"):
+            with cl.start_slot(time.monotonic() + 0.5, slots=2):
+                pass
+    finally:
+        holders[0].__exit__(None, None, None)
+    with cl.start_slot(time.monotonic() + 0.5, slots=2):  # the slot given back is free again
+        pass
+    holders[1].__exit__(None, None, None)
+
+
+def test_a_sandbox_keeps_one_cluster_and_closes_the_one_it_owns():
+    from course_utils.sandbox import Chapter
+
+    class Fake:
+        closed = False
+
+        def close(self):
+            self.closed = True
+
+    chapter = Chapter.__new__(Chapter)  # no broker needed for the cluster bookkeeping
+    chapter._cleanup_hooks, chapter._connections, chapter._cluster = [], set(), None
+    chapter.owns_vhost = False
+    shared, owned = Fake(), Fake()
+    chapter.use_cluster(shared)
+    assert chapter.cluster() is shared  # not started again
+    chapter.cleanup()
+    assert not shared.closed  # a shared cluster is its owner's to close
+    chapter.use_cluster(owned, owned=True)
+    assert chapter.cluster() is owned
+    chapter.cleanup()
+    assert owned.closed
+
+
+def test_the_docker_cluster_says_why_it_cannot_run_and_its_compose_file_is_exact(monkeypatch, tmp_path):
+    """CURSO_CLUSTER=docker without a Docker engine (this machine): a pt-BR reason, nothing started.
+    The compose file: three nodes on a user-defined network (no --link), the ports the module
+    reads, one cookie, the consistent-hash plugin; rabbitmq.conf names the three nodes."""
+    import yaml
+
+    from course_utils import docker_cluster as dc
+
+    monkeypatch.setenv("CURSO_CLUSTER", "docker")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no docker command here
+    with pytest.raises(ClusterUnavailable, match="docker"):
+        cluster("teste-docker")
+    spec = yaml.safe_load(dc.COMPOSE_FILE.read_text())
+    services = spec["services"]
+    assert tuple(services) == dc.SERVICES
+    assert spec["networks"]["cluster"]["driver"] == "bridge"
+    for i, name in enumerate(dc.SERVICES):
+        service = services[name]
+        assert "links" not in service and service["networks"] == ["cluster"] and service["hostname"] == name
+        assert service["ports"] == [f"{dc.AMQP_PORTS[i]}:5672", f"{dc.MANAGEMENT_PORTS[i]}:15672"]
+        cookie = service["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+        assert "-setcookie" in cookie and cookie == service["environment"]["RABBITMQ_CTL_ERL_ARGS"]
+    folder = dc.COMPOSE_FILE.parent
+    conf = (folder / "rabbitmq.conf").read_text()
+    assert all(f"rabbit@{name}" in conf for name in dc.SERVICES)
+    assert "rabbitmq_consistent_hash_exchange" in (folder / "enabled_plugins").read_text()

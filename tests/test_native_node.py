@@ -123,3 +123,67 @@ def test_a_port_block_stays_leased_to_its_process_while_its_node_is_down():
     theirs = _offset_in_child(mine + 1)  # leased by a process that has ended: free for the next one
     assert _offset_in_child(theirs) == theirs
     assert free_offset(start=mine) == free_offset(start=mine), "looking (lease=False) took the block"
+
+
+def test_a_start_that_times_out_kills_the_node_it_started(spare_node):
+    """A failed start leaves nothing running: the half-booted node is killed, and the next start
+    (with time enough) works on the same data folder."""
+    with pytest.raises(BrokerStartError, match="nada ficou rodando"):
+        spare_node.start(timeout=0.5)  # no node boots in half a second, and its log is still new
+    assert not spare_node.is_running()
+    assert amqp_answers("127.0.0.1", spare_node.ports.amqp) is None
+    leftover = subprocess.run(["pgrep", "-f", f"-sname {spare_node.node_name}"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", f"processes of the killed node remain: {leftover.stdout}"
+    spare_node.start(timeout=60)
+    assert _roundtrip(spare_node) == b"pong"
+
+
+class _SlowBoot:
+    """Stands in for a node's boot in `NativeNode.wait` (its own process and ports are not the
+    point here): answers after `boot_s`, its log written every 0.3 s while `logging`."""
+
+    def __init__(self, node, boot_s: float, logging: bool):
+        self.node, self.ready_at, self.logging = node, time.monotonic() + boot_s, logging
+        node.node_log.parent.mkdir(parents=True, exist_ok=True)
+        node.node_log.write_text("")
+        os.utime(node.node_log, (time.time() - 60, time.time() - 60))
+        node.answers = lambda: time.monotonic() >= self.ready_at
+
+    def __enter__(self):
+        import threading
+        self.stop = threading.Event()
+
+        def write():
+            while self.logging and not self.stop.wait(0.3):
+                with open(self.node.node_log, "a") as log:
+                    log.write("Recovering 0 queues of type rabbit_classic_queue\n")
+        self.thread = threading.Thread(target=write, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def test_a_node_whose_log_grows_gets_more_than_the_timeout(spare_node):
+    """A course broker with some hundred vhosts took 62 s to boot and `curso broker up` gave up at
+    60: a node past its timeout that still writes its log is booting, and it is waited for."""
+    with _SlowBoot(spare_node, boot_s=2.5, logging=True):
+        spare_node.wait(timeout=1)  # answers at 2.5 s, within 4 × 1 s
+
+
+def test_a_silent_node_is_given_up_at_the_timeout(spare_node):
+    with _SlowBoot(spare_node, boot_s=2.5, logging=False):
+        started = time.monotonic()
+        with pytest.raises(BrokerStartError, match="esperei 1 s"):
+            spare_node.wait(timeout=1)
+        assert time.monotonic() - started < 2
+
+
+def test_the_grace_has_a_cap(spare_node):
+    with _SlowBoot(spare_node, boot_s=30, logging=True):
+        started = time.monotonic()
+        with pytest.raises(BrokerStartError):
+            spare_node.wait(timeout=0.5)
+        assert time.monotonic() - started < 3  # 4 × 0.5 s, then it gives up although the log grows

@@ -29,7 +29,7 @@ from course_utils import cli, setup, strict
 from course_utils import rabbit4 as r4
 from course_utils.errors import BrokerNotFound, BrokerStartError, StrictModeError
 from course_utils.management import Management, ManagementError
-from course_utils.native import Ports, amqp_answers, free_offset, pid_alive
+from course_utils.native import Ports, amqp_answers, free_offset, pid_alive, release_offset
 from course_utils.rabbit4 import (DENY_LIKE_4_3, Rabbit4Node, Rabbit4Unavailable, ensure_rootfs,
                                   mounts_under, rootfs_ok, unmount_under)
 
@@ -77,12 +77,14 @@ def rabbit4_node(tmp_path_factory):
     """THE 4.x node of this session/worker: 4.0 denying what 4.3 denies by default. It dies with
     the test process (die_with_parent) even if the session is killed."""
     cached = rootfs_ok(r4.rootfs_dir())
+    offset = free_offset(lease=True)  # leased: another worker's node cannot pick it before ours binds
     node = Rabbit4Node(tmp_path_factory.mktemp("no4x") / "node", name=f"teste4-{WORKER}-{os.getpid()}",
-                       ports=Ports.offset(free_offset()), die_with_parent=True)
+                       ports=Ports.offset(offset), die_with_parent=True)
     node.boot_seconds = _start(node)
     node.rootfs_was_cached = cached
     yield node
     node.stop()
+    release_offset(offset)
 
 
 @pytest.fixture(scope="session")
@@ -93,11 +95,13 @@ def rabbit4(rabbit4_node) -> Target:
 @pytest.fixture(scope="session")
 def rabbit40(tmp_path_factory):
     """A 4.0 node with 4.0's own defaults (deprecated features permitted): what 4.3 changed."""
+    offset = free_offset(lease=True)
     node = Rabbit4Node(tmp_path_factory.mktemp("no40") / "node", name=f"teste40-{WORKER}-{os.getpid()}",
-                       ports=Ports.offset(free_offset()), die_with_parent=True, deny_like_4_3=False)
+                       ports=Ports.offset(offset), die_with_parent=True, deny_like_4_3=False)
     _start(node)
     yield _target("4.0 (padrões do 4.0)", node)
     node.stop()
+    release_offset(offset)
 
 
 @pytest.fixture(scope="session")
