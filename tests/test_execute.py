@@ -32,3 +32,26 @@ def test_a_kernel_whose_pid_went_to_another_process_is_left_alone(tmp_path):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_what_a_notebook_started_in_a_session_of_its_own_dies_after_it(tmp_path):
+    """A Celery worker or a server a graded notebook started (course_utils.background runs them in
+    sessions of their own, outside the kernel's process group) is killed after the notebook: it
+    carries the kernel's environment (HOME inside the job's folder), or runs in that folder."""
+    import os
+
+    from course_utils.nbrun import kill_leftovers
+
+    job = tmp_path / "curso-grade-job-x"
+    (job / "home").mkdir(parents=True)
+    by_env = subprocess.Popen(["sleep", "30"], start_new_session=True, env={**os.environ, "HOME": str(job / "home")})
+    by_cwd = subprocess.Popen(["sleep", "30"], start_new_session=True, cwd=job)
+    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True, cwd=tmp_path)
+    try:
+        kill_leftovers(job)
+        assert by_env.wait(5) == -9 and by_cwd.wait(5) == -9
+        assert stranger.poll() is None, "a process of another folder was killed"
+    finally:
+        for proc in (by_env, by_cwd, stranger):
+            proc.kill()
+            proc.wait()

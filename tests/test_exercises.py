@@ -9,6 +9,7 @@ import importlib.util
 import itertools
 import os
 import re
+import threading
 import time
 import shutil
 from pathlib import Path
@@ -30,8 +31,22 @@ FIXTURES = Path(__file__).parent / "fixtures" / "wrong_answers"
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 
 
+# Chapters whose checks run on a 3-node cluster (`curso.cluster()`): their tests share one cluster,
+# started once on the one worker that runs them all (an xdist group), on the 4.x nodes (the
+# solutions are graded on 3.10 nodes by test_grading). A cluster per test would boot 3 nodes each.
+CLUSTER_CHAPTERS = {"08"}
+CLUSTER_VERSION = "4"
+
+
 def chapter_of(exercise: str) -> str:
     return f"{int(exercise.split('.')[0]):02d}"
+
+
+def chapter_marks(chapter: str) -> list:
+    marks = [pytest.mark.chapter(chapter)]
+    if chapter in CLUSTER_CHAPTERS:
+        marks.append(pytest.mark.xdist_group(f"cluster{chapter}"))
+    return marks
 
 
 def solution_path(chapter: str) -> Path:
@@ -50,7 +65,7 @@ def wrong_answers() -> list[tuple]:
                 description, source, broker_visible, *hint = entry
                 cases.append(pytest.param(exercise, source, broker_visible, hint[0] if hint else None,
                                           id=f"{exercise}-{description}",
-                                          marks=pytest.mark.chapter(chapter_of(exercise))))
+                                          marks=chapter_marks(chapter_of(exercise))))
     return cases
 
 
@@ -66,11 +81,33 @@ def answer_source(exercise: str) -> str:
 _SANDBOXES = itertools.count(1)
 
 
+@pytest.fixture(scope="session")
+def shared_cluster():
+    """One 3-node cluster for every check of the cluster chapters on this worker (started on first
+    use, closed at the end of the session)."""
+    from course_utils.cluster import cluster
+
+    running = []
+
+    def get():
+        if not running:
+            running.append(cluster("teste-checks", versao=CLUSTER_VERSION))
+        return running[0]
+
+    yield get
+    for c in running:
+        c.close()
+
+
 @pytest.fixture
-def sandbox(course_broker):
+def sandbox(course_broker, request, shared_cluster):
     """A vhost of its own for each test: statistics of a deleted vhost can reach a new one of the
-    same name for a while, and must not leak from one test into the next."""
+    same name for a while, and must not leak from one test into the next. A cluster chapter's
+    sandbox gets the worker's shared cluster (each check restores its nodes and recreates its queues)."""
     curso = setup(f"teste-ex-{os.getpid()}-{next(_SANDBOXES)}")
+    mark = request.node.get_closest_marker("chapter")
+    if mark is not None and mark.args and mark.args[0] in CLUSTER_CHAPTERS:
+        curso.use_cluster(shared_cluster())
     yield curso
     for leaked in [o for o in gc.get_objects() if isinstance(o, pika.BlockingConnection) and kit.is_open(o)]:
         try:
@@ -90,6 +127,10 @@ def test_solutions_follow_the_format():
         assert len(fmt.exercises(nb)) >= 3, f"{path.name}: fewer than three exercises"
         for exercise in fmt.exercises(nb):
             get_exercise(exercise)  # every check cell names a registered check
+        # a notebook that boots its own cluster says so, so that the grader runs it alone
+        boots_cluster = any(c.cell_type == "code" and "curso.cluster()" in c.source for c in nb.cells)
+        assert boots_cluster == bool(nb.metadata.get("curso", {}).get("cluster")), path.name
+        assert boots_cluster == (path.name[:2] in CLUSTER_CHAPTERS), path.name
 
 
 def test_build_blanks_answers_and_keeps_checks():
@@ -135,7 +176,7 @@ def test_malformed_solution_is_refused(tmp_path, capsys):
 
 # --- checks against the live broker ----------------------------------------------------------
 
-@pytest.mark.parametrize("exercise", [pytest.param(e, marks=pytest.mark.chapter(chapter_of(e)))
+@pytest.mark.parametrize("exercise", [pytest.param(e, marks=chapter_marks(chapter_of(e)))
                                       for e in all_exercises()])
 def test_solution_passes_its_check(sandbox, exercise):
     ns = {"pika": pika, "curso": sandbox}
@@ -169,7 +210,9 @@ def test_blank_exercises_fail_every_check(course_broker, chapter):
     name = solution_path(chapter).name
     exercise_nb = ROOT / "exercises" / name
     nb = fmt.read(exercise_nb)
-    run = run_notebook(exercise_nb, cell_timeout=60)
+    # a cluster chapter's set-up cell boots 3 nodes, and may wait for a boot slot while other
+    # tests' clusters boot
+    run = run_notebook(exercise_nb, cell_timeout=240 if chapter in CLUSTER_CHAPTERS else 60)
     checks = fmt.check_cells(nb)
     assert checks, f"{name}: no check cells"
     for check in checks:
@@ -214,6 +257,29 @@ def test_the_kit_words_bodies_figures_and_amqp_errors_for_the_hints():
     assert kit.advice_in(table, RuntimeError("outra coisa")) is None
 
 
+def test_settled_waits_a_whole_statistics_interval_before_judging_a_wrong_answer():
+    """A collection pass may show the publishes and not yet the last confirm; settled() judges a
+    'collected' value only once it has held for a statistics interval, so the next pass's confirm
+    still counts. A right answer ('done') ends the wait at once."""
+    from course_utils.exercises.checks import CheckContext
+
+    ctx = CheckContext.__new__(CheckContext)
+    ctx.stats_wait, ctx.stats_interval = 5.0, 0.6
+    started = time.monotonic()
+
+    def probe():  # (publishes, confirms): the third confirm shows 0.5 s later, in the next pass
+        return (4, 2) if time.monotonic() - started < 0.5 else (4, 3)
+
+    value = kit.settled(ctx, probe, done=lambda v: v[1] >= 3, collected=lambda v: v[0] >= 4)
+    assert value == (4, 3)
+    late = time.monotonic()
+    value = kit.settled(ctx, lambda: (4, 2), done=lambda v: v[1] >= 3, collected=lambda v: v[0] >= 4)
+    assert value == (4, 2) and 0.6 <= time.monotonic() - late < 2.0  # judged after one interval, not the whole wait
+    early = time.monotonic()
+    kit.settled(ctx, lambda: (4, 3), done=lambda v: v[1] >= 3, collected=lambda v: v[0] >= 4)
+    assert time.monotonic() - early < 0.1
+
+
 def test_counts_of_is_exact_and_names_a_missing_queue(sandbox):
     with sandbox.connect() as connection:
         channel = connection.channel()
@@ -224,3 +290,25 @@ def test_counts_of_is_exact_and_names_a_missing_queue(sandbox):
     assert kit.counts_of(ctx, "contadas") == (2, 0)
     with pytest.raises(AssertionError, match="A fila 'sumida' não existe"):
         kit.counts_of(ctx, "sumida")
+
+
+def test_drain_takes_every_message_exactly_and_waits_for_late_ones(sandbox):
+    with sandbox.connect() as connection:
+        channel = connection.channel()
+        channel.queue_declare(queue="drenada", durable=True)
+        for body in (b"um", b"dois"):
+            channel.basic_publish(exchange="", routing_key="drenada", body=body,
+                                  properties=pika.BasicProperties(message_id=body.decode()))
+    late = threading.Timer(0.4, lambda: _publish_one(sandbox, "drenada", b"tres"))
+    late.start()
+    got = kit.drain(sandbox.connect(), "drenada", expected=3, wait=3.0)
+    late.join()
+    assert [body for _props, body in got] == [b"um", b"dois", b"tres"]
+    assert got[0][0].message_id == "um"
+    assert kit.drain(sandbox.connect(), "drenada") == []  # acked: nothing left
+    assert kit.drain(sandbox.connect(), "sumida") == []
+
+
+def _publish_one(sandbox, queue: str, body: bytes) -> None:
+    with sandbox.connect() as connection:
+        connection.channel().basic_publish(exchange="", routing_key=queue, body=body)

@@ -170,6 +170,22 @@ def test_unconfined_grading_refuses_next_to_a_guest_broker(tmp_path, course_brok
         broker.stop()
 
 
+def test_what_a_graded_notebook_started_dies_after_it(tmp_path, grading_broker):
+    """A process a student's notebook started in a session of its own (a Celery worker, a server,
+    as course_utils.background starts them) and that ignores SIGTERM is killed after the notebook."""
+    subs, out, pidfile = tmp_path / "entregas", tmp_path / "resultados", tmp_path / "teimoso.pid"
+    fixture.write_leaver(subs / "teimoso", pidfile)
+    grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", only=("02",),
+                       progress=False), grading_broker)
+    assert rows_by(out)[("teimoso", "2.1")]["status"] == "passed"
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.1)
+    alive = Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert not alive, "a process the graded notebook started outlived it"
+
+
 def test_rerun_skips_and_force_regrades(tmp_path, grading_broker):
     subs, out = tmp_path / "entregas", tmp_path / "resultados"
     (subs / "um").mkdir(parents=True)
@@ -300,8 +316,11 @@ def test_committed_solutions_get_full_marks(tmp_path, grading_broker, chapter):
     (subs / "solucoes").mkdir(parents=True)
     for path in (ROOT / "solutions").glob(f"{chapter}_*.ipynb"):
         (subs / "solucoes" / path.name).write_bytes(path.read_bytes())
+    # Chapter 8's set-up cell boots the student's 3-node cluster: in the suite it may also wait for
+    # a boot slot while other tests' clusters boot (course_utils.cluster.start_slot).
+    cell_timeout = 240.0 if chapter == "08" else GradeOptions.cell_timeout
     summary = grade(GradeOptions(submissions=subs, out=out, exercises_dir=ROOT / "exercises", only=(chapter,),
-                                 workers=2, progress=False), grading_broker)
+                                 workers=2, progress=False, cell_timeout=cell_timeout), grading_broker)
     grades = summary.grades.set_index("student")
     rows = rows_by(out)
     assert rows, f"chapter {chapter}: nothing was graded"

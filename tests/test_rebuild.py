@@ -129,3 +129,54 @@ def test_status_is_one_type_with_pt_labels_and_severity():
     assert Status.MISSING.pt == "não entregue"
     assert Status.PASSED.severity < Status.FAILED.severity < Status.ERROR.severity
     assert all(s.pt for s in Status)
+
+
+def test_notebooks_with_a_cluster_of_their_own_are_graded_one_at_a_time(monkeypatch, tmp_path):
+    """A chapter whose notebook starts its own 3-node cluster (metadata curso.cluster) is graded
+    alone whatever --workers says, held until its kernel is gone; other chapters run beside it.
+    Kernels, runs and clean-ups are stand-ins: only the scheduling is under test."""
+    import asyncio
+    import contextlib
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from course_utils.grading import execute, grade as gr
+
+    def canonical(cluster: bool):
+        nb = nbformat.v4.new_notebook()
+        if cluster:
+            nb.metadata["curso"] = {"cluster": True}
+        return gr.Canonical("08_x.ipynb" if cluster else "02_x.ipynb", nb, {}, "digest")
+
+    with_cluster, without = canonical(True), canonical(False)
+    assert with_cluster.uses_cluster and not without.uses_cluster
+    jobs = [(SimpleNamespace(student=f"aluno{i}", canonical=c), None)
+            for i, c in enumerate([with_cluster, with_cluster, without, with_cluster, without])]
+    spans, lock = [], threading.Lock()
+
+    async def prepare(*_args, **_kwargs):
+        return SimpleNamespace(started=None)
+
+    async def run(job, _rebuilt, prepared, _options):
+        prepared.started = (job.canonical.uses_cluster, time.monotonic())
+        await asyncio.sleep(0.2)
+        return []
+
+    async def cleanup(prepared, _broker):
+        await asyncio.sleep(0.1)  # the kernel (and its nodes) going: still inside the cluster's turn
+        uses, started = prepared.started
+        with lock:
+            spans.append((uses, started, time.monotonic()))
+
+    monkeypatch.setattr(execute, "prepare", prepare)
+    monkeypatch.setattr(execute, "cleanup", cleanup)
+    monkeypatch.setattr(gr, "_run", run)
+    broker = SimpleNamespace(inside=contextlib.nullcontext)
+    options = gr.GradeOptions(submissions=tmp_path, out=tmp_path, exercises_dir=tmp_path, workers=4)
+    gr.execute_all(jobs, broker, None, options, lambda results: None)
+    clusters = sorted((s, e) for uses, s, e in spans if uses)
+    assert len(clusters) == 3 and len(spans) == 5
+    assert all(later[0] >= earlier[1] for earlier, later in zip(clusters, clusters[1:])), clusters
+    others = [(s, e) for uses, s, e in spans if not uses]
+    assert any(s < clusters[0][1] for s, _e in others)  # another chapter ran beside the first cluster

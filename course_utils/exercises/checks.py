@@ -25,7 +25,7 @@ from typing import Any, Callable
 from ..errors import CourseError
 from ..management import ManagementError
 from . import kit, phrases
-from .kit import close_quietly  # noqa: F401 - part of the framework's surface
+from .kit import close_quietly, expect  # noqa: F401 - part of the framework's surface
 
 _REGISTRY: dict[str, type["Exercise"]] = {}
 
@@ -67,11 +67,11 @@ class CheckContext:
         self.call_timeout = call_timeout
         self.management = curso.management
         self.namespace = namespace
-        if stats_wait is None:
-            # Our own nodes refresh management stats every second, RabbitMQ's default is 5 s;
-            # a busy machine (a grader with several workers) adds a few seconds to either.
-            stats_wait = 6.0 if curso.broker.kind in ("native", "rabbit4") else 10.0
-        self.stats_wait = stats_wait
+        # Our own nodes refresh management stats every second, RabbitMQ's default is 5 s;
+        # a busy machine (a grader with several workers) adds a few seconds to either.
+        ours = curso.broker.kind in ("native", "rabbit4")
+        self.stats_interval = 1.0 if ours else 5.0
+        self.stats_wait = (6.0 if ours else 10.0) if stats_wait is None else stats_wait
         self.timed_out = False  # set by kit.call when the learner's code hit the time limit
 
     # the learner's code -----------------------------------------------------------------
@@ -114,12 +114,6 @@ class CheckContext:
                 return []
             raise
         return [m.get("payload", "") for m in peeked]
-
-
-def expect(condition: Any, hint: str) -> None:
-    """Fail the check with a hint the learner can act on."""
-    if not condition:
-        raise AssertionError(hint)
 
 
 def get_exercise(exercise_id: str) -> type[Exercise]:

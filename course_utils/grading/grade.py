@@ -56,6 +56,12 @@ class Canonical:
     exercises: dict[str, float]
     digest: str
 
+    @property
+    def uses_cluster(self) -> bool:
+        """The chapter's notebook starts a 3-node cluster of its own (chapter 8: notebook metadata
+        `curso.cluster`); such notebooks are graded one at a time (see `execute_all`)."""
+        return bool(self.notebook.metadata.get("curso", {}).get("cluster"))
+
 
 @dataclass
 class Job:
@@ -203,11 +209,14 @@ def execute_all(to_run: list[tuple[Job, Rebuilt]], broker: GradingBroker, factor
         pending.put(item)
     failures: list[BaseException] = []
     state: dict[str, bool | None] = {"up": None if boot else True}
+    # A notebook that starts its own 3-node cluster (chapter 8) runs alone: its nodes, their CPU and
+    # their port blocks are not shared with another student's cluster booting or failing meanwhile.
+    one_cluster = threading.BoundedSemaphore(1)
 
     def worker() -> None:
         try:
             with broker.inside():  # the kernels and every management call live in the node's namespace
-                asyncio.run(_worker(pending, broker, factory, options, emit, lambda: state["up"]))
+                asyncio.run(_worker(pending, broker, factory, options, emit, lambda: state["up"], one_cluster))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             failures.append(exc)
 
@@ -237,9 +246,10 @@ def _take(pending: queue.Queue) -> tuple[Job, Rebuilt] | None:
 
 async def _worker(pending: queue.Queue, broker: GradingBroker, factory: execute.KernelFactory,
                   options: GradeOptions, emit: Callable[[list[ExerciseResult]], None],
-                  booted: Callable[[], bool | None]) -> None:
+                  booted: Callable[[], bool | None], one_cluster: threading.BoundedSemaphore | None = None) -> None:
     """Take notebooks until none is left; while one runs, the next one's kernel is forked. If the
-    node never comes up, stop without a result (nothing was graded)."""
+    node never comes up, stop without a result (nothing was graded). A notebook whose chapter uses a
+    cluster runs only while this worker holds `one_cluster`."""
 
     def start(item):
         job, _rebuilt = item
@@ -260,12 +270,19 @@ async def _worker(pending: queue.Queue, broker: GradingBroker, factory: execute.
             except Exception as exc:  # noqa: BLE001 - no kernel for this notebook: its result says why
                 emit(_all(job, Status.ERROR, f"erro do corretor ao preparar o kernel: {exc.__class__.__name__}: {exc}"))
                 continue
+            gate = one_cluster if job.canonical.uses_cluster else None
+            if gate is not None:  # held until the kernel, and with it its cluster, is gone
+                await asyncio.to_thread(gate.acquire)
             try:
                 results = await _run(job, rebuilt, prepared, options)
             except Exception as exc:  # noqa: BLE001
                 results = _all(job, Status.ERROR, f"erro do corretor ao processar este caderno: {exc.__class__.__name__}: {exc}")
             finally:
-                await execute.cleanup(prepared, broker)
+                try:
+                    await execute.cleanup(prepared, broker)
+                finally:
+                    if gate is not None:
+                        gate.release()
             emit(results)
     finally:
         if ready is not None:  # stopped early: the kernel started ahead goes too

@@ -197,16 +197,18 @@ class PoolJusto(Exercise):
                f"channel.consume(fila, inactivity_timeout=0.2) — e ficar nele até parar ser ligado (a verificação "
                f"só publica as tarefas quando os dois consumidores estão na fila). Buscar com basic_get num laço "
                f"não registra consumidor, e o broker não tem como dividir as tarefas com prefetch.")
+        expect(not returned_early,
+               f"{len(returned_early)} worker(s) ({', '.join(returned_early)}) voltaram antes de parar ser ligado: "
+               f"um momento sem tarefa (um None de channel.consume(..., inactivity_timeout=0.2)) não quer dizer "
+               f"que acabou — a próxima tarefa pode chegar no segundo seguinte. A cada None, olhe parar.is_set(): "
+               f"só volte se ele estiver ligado; senão, continue (continue)."
+               + (f" Por isso o broker mostrou só {registered} consumidor(es) na fila '{self.queue}' quando as "
+                  f"tarefas chegaram." if registered < self.workers else ""))
         expect(registered >= self.workers,
                f"Com dois workers rodando, o broker mostrou {registered} consumidor(es) na fila '{self.queue}': "
                f"cada chamada de worker() deve registrar o seu consumidor e continuar consumindo até parar ser "
                f"ligado (a verificação só publica as tarefas quando os dois estão na fila). Um worker que volta "
                f"antes de parar.is_set() não atende a fila.")
-        expect(not returned_early,
-               f"{len(returned_early)} worker(s) ({', '.join(returned_early)}) voltaram antes de parar ser ligado: "
-               f"um momento sem tarefa (um None de channel.consume(..., inactivity_timeout=0.2)) não quer dizer "
-               f"que acabou — a próxima tarefa pode chegar no segundo seguinte. A cada None, olhe parar.is_set(): "
-               f"só volte se ele estiver ligado; senão, continue (continue).")
         expect(not stuck,
                f"{len(stuck)} worker(s) não voltaram em {self.stop_s:.0f} s depois de parar.set() ({', '.join(stuck)}): o laço "
                f"precisa olhar parar.is_set() entre uma mensagem e outra — com channel.consume(fila, "

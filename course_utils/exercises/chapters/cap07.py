@@ -184,29 +184,6 @@ def _publish(channel, queue: str, body: str, headers: dict | None = None, messag
     channel.basic_publish(exchange="", routing_key=queue, body=body, properties=_persistent(headers, message_id))
 
 
-def _drain(ctx: CheckContext, queue: str, expected: int = 0, wait: float = 0.0) -> list[tuple[Any, bytes]]:
-    """(properties, body) of every message in `queue`, consumed and acked (exact); waits up to
-    `wait` s for `expected` messages first (dead-lettering happens in the background)."""
-    got = []
-    with ctx.curso.connect() as connection:
-        channel = connection.channel()
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                ready = channel.queue_declare(queue=queue, passive=True).method.message_count
-            except pika.exceptions.ChannelClosedByBroker:
-                return got
-            if ready + len(got) >= expected or time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
-        while True:
-            method, properties, body = channel.basic_get(queue=queue, auto_ack=False)
-            if method is None:
-                return got
-            got.append((properties, body))
-            channel.basic_ack(delivery_tag=method.delivery_tag)
-
-
 # --- 7.1 ------------------------------------------------------------------------------------------
 
 class _Enviar:
@@ -1199,7 +1176,7 @@ class Quarentena(Exercise):
                f"'{poison}' foi entregue {poison_deliveries} vez(es) antes de sair de '{self.queue}'; com "
                f"x-delivery-limit={self.limit} esperava {self.limit + 1} (a primeira entrega e {self.limit} "
                f"reentregas).")
-        dead = _drain(ctx, self.quarantine, expected=2, wait=1.5)
+        dead = kit.drain(ctx.curso.connect(), self.quarantine, expected=2, wait=1.5)
         by_body = {b.decode(): (getattr(p, "headers", None) or {}) for p, b in dead}
         expect(lost not in by_body,
                f"'{lost}' (publicado com uma chave sem binding) foi parar na quarentena: uma mensagem sem rota não é "
@@ -1214,7 +1191,7 @@ class Quarentena(Exercise):
             expect(first.get("reason") == reason and first.get("queue") == self.queue,
                    f"'{body}' chegou à quarentena com x-death {deaths!r}; esperava reason={reason!r} e "
                    f"queue='{self.queue}'.")
-        missing = _drain(ctx, self.unroutable, expected=1)
+        missing = kit.drain(ctx.curso.connect(), self.unroutable, expected=1)
         expect([b.decode() for _, b in missing] == [lost],
                f"A fila '{self.unroutable}' recebeu {[b.decode() for _, b in missing]}; esperava ['{lost}'], publicado na "
                f"exchange '{self.exchange}' com a chave 'cancelado', que nenhuma fila tem.")
