@@ -1,6 +1,6 @@
 """Seconds per area of a test run, from its JUnit report.
 
-    python benchmarks/suite_cost.py .reports/junit.xml [--budget-chapter 60]
+    python benchmarks/suite_cost.py .reports/junit.xml [--budget-chapter 90]
 
 Areas: foundation (broker, nodes, sandbox, strict mode, exercise format), toolkit (pictures, lab,
 monitor, widgets, their demo notebook), grading (`curso grade` itself), and one per chapter (its
@@ -9,7 +9,8 @@ seconds of an area add up the time of its tests; under pytest-xdist they overlap
 of the run (the report's suite time) is printed too, and each area's wall share: its test seconds
 times wall / all test seconds, the part of the run's wall time the area accounts for. The chapter
 budget (design.md: the suite's wall time is the sum of the areas' budgets) applies to the wall
-share, since wall time is what CI's 90-minute limit counts.
+share, since wall time is what CI's 90-minute limit counts: 90 s a chapter, 120 s for the chapter
+that runs a 3-node cluster (CLUSTER_BUDGET).
 """
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from collections import defaultdict
 from pathlib import Path
 
 TOOLKIT = {"test_topology", "test_routing", "test_trace", "test_throughput", "test_monitor", "test_widgets",
-           "test_browser", "test_background", "test_cluster"}
+           "test_browser", "test_background", "test_cluster", "test_loja", "test_loja_services", "test_sequence",
+           "test_painel"}
 GRADING = {"test_grading", "test_execute"}
-_PARAM = re.compile(r"\[(.*)\]$")
+_PARAM = re.compile(r"\[(.*)\](?:@[\w.-]+)?$")  # "@group": an xdist_group tag
 
 
 def area_of(classname: str, name: str) -> str:
@@ -85,11 +87,19 @@ def table(areas: dict[str, list[float]], wall: float) -> str:
     return "\n".join(lines)
 
 
+# design.md: the chapter that starts a 3-node cluster (chapter 8) may take 120 s of the run.
+CLUSTER_BUDGET = {"chapter 08": 120.0}
+
+
+def budget(area: str, chapter_budget: float) -> float:
+    return max(chapter_budget, CLUSTER_BUDGET.get(area, 0.0))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report", type=Path)
-    parser.add_argument("--budget-chapter", type=float, default=60.0,
-                        help="flag chapters whose wall share exceeds this (default 60)")
+    parser.add_argument("--budget-chapter", type=float, default=90.0,
+                        help="flag chapters whose wall share exceeds this (default 90; design.md)")
     args = parser.parse_args(argv)
     if not args.report.exists():
         print(f"no report at {args.report}", file=sys.stderr)
@@ -98,9 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nSuite cost ({args.report}): {failures} failed, {errors} errors")
     print(table(areas, wall))
     shares = wall_shares(areas, wall)
-    over = [a for a in areas if a.startswith("chapter") and shares[a] > args.budget_chapter]
+    over = [a for a in areas if a.startswith("chapter") and shares[a] > budget(a, args.budget_chapter)]
     if over:
-        print(f"over the {args.budget_chapter:.0f} s chapter budget (wall share): {', '.join(sorted(over))}")
+        print(f"over the {args.budget_chapter:.0f} s chapter budget (wall share): "
+              + ", ".join(f"{a} ({shares[a]:.0f} s of {budget(a, args.budget_chapter):.0f})" for a in sorted(over)))
     return 0
 
 

@@ -21,6 +21,8 @@ def test_areas_of_test_ids():
     assert area("tests.test_grading", "test_rerun_skips_and_force_regrades") == "grading"
     assert area("tests.test_trace", "test_trace_sees_publish") == "toolkit"
     assert area("tests.test_exercises", "test_build_blanks_answers_and_keeps_checks") == "foundation"
+    # an xdist_group test's id ends with its group (the cluster chapter's checks)
+    assert area("tests.test_exercises", "test_wrong_answer_fails_its_check[8.3-no reconnect]@cluster08") == "chapter 08"
 
 
 def test_table_from_a_tiny_report(tmp_path, capsys):
@@ -39,6 +41,11 @@ def test_table_from_a_tiny_report(tmp_path, capsys):
     assert suite_cost.main([str(report), "--budget-chapter", "11"]) == 0
     out = capsys.readouterr().out
     assert "chapter 02" in out and "4.0" in out and "11.1" in out
-    assert "over the 11 s chapter budget (wall share): chapter 02" in out
+    assert "over the 11 s chapter budget (wall share): chapter 02 (11 s of 11)" in out
     assert suite_cost.main([str(report), "--budget-chapter", "12"]) == 0
     assert "over the" not in capsys.readouterr().out
+
+
+def test_the_cluster_chapter_has_its_own_budget():
+    assert suite_cost.budget("chapter 08", 90) == 120
+    assert suite_cost.budget("chapter 02", 90) == 90
