@@ -62,7 +62,7 @@ import pika
 from .errors import BrokerStartError, CourseError, PortInUse
 from .management import Management
 from .native import (FAST_STATS, PLUGINS, NativeNode, Ports, find_server, free_offset, pid_alive,
-                     release_offset, start_time)
+                     release_offset, start_time, tail)
 from .sandbox import close_quietly, course_params
 from .scratch_node import sweep_stale
 
@@ -267,6 +267,7 @@ class Cluster:
         self.host = "127.0.0.1"
         self.timings: dict[str, float] = {}
         self.healed: list[str] = []  # nodes whose partition bring_back had to heal (stop_app/start_app)
+        self.rejoined: dict[str, str] = {}  # node name -> why its first join failed (start() joined it again)
         self._frozen: dict[str, tuple[int, int | None]] = {}  # node name -> (pid, start time)
         self._managements: dict[str, Management] = {}
         self._connections: list[pika.BlockingConnection] = []
@@ -452,7 +453,21 @@ class Cluster:
             list(pool.map(lambda n: n.wait(max(1.0, deadline - time.monotonic())), nodes))
 
     def _join(self, n: NativeNode, seed: NativeNode, deadline: float) -> None:
-        for args in (("stop_app",), ("join_cluster", seed.node_name), ("start_app",)):
+        """stop_app, join_cluster, start_app on `n`. A join that fails is tried once more after
+        `reset`, RabbitMQ's recipe for a node whose join went wrong (seen once in CI under load:
+        start_app exiting 69 on 4.0.5 after join_cluster); the first failure is kept in `rejoined`."""
+        join = (("stop_app",), ("join_cluster", seed.node_name), ("start_app",))
+        try:
+            self._ctl_steps(n, join, deadline)
+        except BrokerStartError as first:
+            self.rejoined[n.node_name] = str(first)
+            try:
+                self._ctl_steps(n, (("stop_app",), ("reset",), *join[1:]), deadline)
+            except BrokerStartError as second:
+                raise BrokerStartError(f"{second}\nAntes, na primeira tentativa: {first}") from None
+
+    def _ctl_steps(self, n: NativeNode, steps, deadline: float) -> None:
+        for args in steps:
             left = max(5.0, deadline - time.monotonic())
             try:
                 result = n.ctl(*args, timeout=left)
@@ -460,9 +475,11 @@ class Cluster:
                 raise ClusterTimeout(f"rabbitmqctl {' '.join(args)} não terminou em {left:.0f} s no nó "
                                      f"{n.node_name}.") from None
             if result.returncode != 0:
+                errors = [line for line in tail(n.node_log, 400).splitlines() if "[error]" in line][-8:]
                 raise BrokerStartError(
                     f"O nó {n.node_name} não entrou no cluster: rabbitmqctl {' '.join(args)} falhou "
-                    f"(código {result.returncode}).\n{(result.stderr or result.stdout).strip()[-800:]}")
+                    f"(código {result.returncode}).\n{(result.stderr or result.stdout).strip()[-800:]}"
+                    + ("\nErros no log do nó:\n" + "\n".join(errors) if errors else ""))
 
     def _wait_view(self, ok, observers, deadline: float, what: str) -> float:
         """Poll /api/nodes of every observer until `ok(view)` holds for each; seconds waited."""

@@ -20,6 +20,7 @@ import pytest
 
 from course_utils import cluster as cl
 from course_utils.cluster import ClusterTimeout, ClusterUnavailable, cluster, unavailable_reason
+from course_utils.errors import BrokerStartError
 from course_utils import native
 from course_utils.native import pid_alive
 
@@ -316,3 +317,43 @@ def test_the_docker_cluster_says_why_it_cannot_run_and_its_compose_file_is_exact
     conf = (folder / "rabbitmq.conf").read_text()
     assert all(f"rabbit@{name}" in conf for name in dc.SERVICES)
     assert "rabbitmq_consistent_hash_exchange" in (folder / "enabled_plugins").read_text()
+
+
+class _JoiningNode:
+    """A node whose rabbitmqctl answers from a script: `fail` = the steps that fail, once each."""
+
+    def __init__(self, tmp_path: Path, fail: list[str]):
+        self.node_name = "teste-no2@localhost"
+        self.node_log = tmp_path / "no2.log"
+        self.node_log.write_text("2026-12-02 10:00:00 [info] <0.1.0> ok\n"
+                                 "2026-12-02 10:00:01 [error] <0.2.0> feature flags sync timed out\n")
+        self.fail, self.calls = list(fail), []
+
+    def ctl(self, *args, timeout):
+        self.calls.append(args[0])
+        code = 69 if args[0] in self.fail else 0
+        if code:
+            self.fail.remove(args[0])
+        return subprocess.CompletedProcess(args, code, stdout="", stderr="Error: boot failed" if code else "")
+
+
+def _bare_cluster() -> cl.Cluster:
+    c = object.__new__(cl.Cluster)
+    c.rejoined = {}
+    return c
+
+
+def test_a_failed_join_is_reset_and_tried_once_more_keeping_why(tmp_path):
+    c, node = _bare_cluster(), _JoiningNode(tmp_path, fail=["start_app"])
+    seed = type("Seed", (), {"node_name": "teste-no1@localhost"})()
+    c._join(node, seed, time.monotonic() + 30)
+    assert node.calls == ["stop_app", "join_cluster", "start_app",
+                          "stop_app", "reset", "join_cluster", "start_app"]
+    why = c.rejoined[node.node_name]
+    assert "start_app falhou (código 69)" in why and "feature flags sync timed out" in why
+
+    c, node = _bare_cluster(), _JoiningNode(tmp_path, fail=["start_app", "start_app"])
+    with pytest.raises(BrokerStartError) as err:
+        c._join(node, seed, time.monotonic() + 30)
+    assert str(err.value).count("start_app falhou (código 69)") == 2 and "primeira tentativa" in str(err.value)
+    assert node.calls.count("reset") == 1  # once more, not for ever
