@@ -19,7 +19,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_utils.nbrun import run_notebook
+from course_utils.nbrun import clean, run_notebook
 from learner_run import CHAPTERS as PAUSED, run_like_a_learner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,10 @@ def _run(path: Path, version: str):
 
 def _expect_clean(run, path: Path, where: str) -> None:
     failed = {i: run.cells[i].error for i in run.failed()}
-    assert not run.timed_out and not failed, f"{path.name} on {where}: cells failed: {failed}\n{run.output[-3000:]}"
+    # The first failed cell's whole message: an error's first line alone hid why a cluster did not join.
+    first = clean(run.cells[min(failed)].message)[-4000:] if failed else ""
+    assert not run.timed_out and not failed, (f"{path.name} on {where}: cells failed: {failed}\n"
+                                              f"first failed cell:\n{first}\n{run.output[-3000:]}")
     assert run.cells, f"{path.name} on {where}: nbval ran no cell\n{run.output[-2000:]}"
 
 

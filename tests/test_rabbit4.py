@@ -755,3 +755,33 @@ def test_mounts_live_only_in_the_node_and_die_with_it(tmp_path, rabbit4_node):
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
         node.kill()
+
+
+@pytest.mark.parametrize("deny, error, boots", [
+    (True, "Error during startup: {error, {failed_to_deny_deprecated_features, [transient_nonexcl_queues]}}", 2),
+    (False, "Error during startup: {error, {failed_to_deny_deprecated_features, [transient_nonexcl_queues]}}", 1),
+    (True, "Error during startup: {error, eaddrinuse}", 1),
+])
+def test_only_4_0_5s_deprecated_feature_race_boots_again(monkeypatch, tmp_path, deny, error, boots):
+    calls = []
+
+    def fake_start(self, timeout=60.0):
+        calls.append(timeout)
+        if len(calls) == 1:
+            raise BrokerStartError(f"O nó RabbitMQ x não subiu.\n{error}")
+
+    monkeypatch.setattr(r4, "require_root", lambda: None)
+    monkeypatch.setattr(r4, "ensure_rootfs", lambda root: None)
+    monkeypatch.setattr(r4, "unmount_under", lambda path: [])
+    monkeypatch.setattr(r4.NativeNode, "start", fake_start)
+    node = r4.Rabbit4Node(tmp_path / "no", name="corrida", rootfs=tmp_path / "rootfs", deny_like_4_3=deny)
+    monkeypatch.setattr(node, "_ensure_epmd", lambda: None)
+    monkeypatch.setattr(node, "is_running", lambda: False)
+    if boots == 2:
+        node.start(timeout=5)
+        assert node.boot_retries == 1
+    else:
+        with pytest.raises(BrokerStartError):
+            node.start(timeout=5)
+        assert node.boot_retries == 0
+    assert len(calls) == boots
